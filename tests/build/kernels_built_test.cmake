@@ -1,0 +1,21 @@
+# Checks that nvcc compiled each kernel object to device code: the object
+# carries a non-empty .nv_fatbin section and host launch stubs for kernels.
+# Inputs: OBJDUMP, NM, OBJECTS (list of object files).
+if(NOT OBJECTS)
+  message(FATAL_ERROR "no CUDA kernel objects were built")
+endif()
+foreach(obj IN LISTS OBJECTS)
+  if(NOT EXISTS "${obj}")
+    message(FATAL_ERROR "kernel object ${obj} was not built")
+  endif()
+  execute_process(COMMAND ${OBJDUMP} -h "${obj}" OUTPUT_VARIABLE sections RESULT_VARIABLE rc)
+  if(NOT rc EQUAL 0 OR NOT sections MATCHES "\\.nv_fatbin +0*[1-9a-f]")
+    message(FATAL_ERROR "${obj} holds no device code (objdump -h: rc=${rc})\n${sections}")
+  endif()
+  execute_process(COMMAND ${NM} -C "${obj}" OUTPUT_VARIABLE symbols)
+  string(REGEX MATCHALL " T __device_stub__[A-Za-z0-9_]+" stubs "${symbols}")
+  if(NOT stubs)
+    message(FATAL_ERROR "${obj} defines no kernel launch stubs")
+  endif()
+  message(STATUS "${obj}: ${stubs}")
+endforeach()
