@@ -12,10 +12,14 @@ function(run what)
   set(last_output "${out}" PARENT_SCOPE)
 endfunction()
 
+# The search path travels in the environment (':'-separated), since a
+# ';'-list does not survive being passed through as one argument.
 function(consume mode)
+  string(REPLACE ";" ":" env_prefix "${prefix_path}")
+  set(ENV{CMAKE_PREFIX_PATH} "${env_prefix}")
   set(dir "${WORK_DIR}/${mode}")
   run("configure consumer (${mode})" ${CMAKE_COMMAND} -S "${consumer_src}" -B "${dir}" -G "${GENERATOR}"
-      -DCMAKE_BUILD_TYPE=Release "-DCMAKE_PREFIX_PATH=${prefix_path}" ${ARGN})
+      -DCMAKE_BUILD_TYPE=Release ${ARGN})
   run("build consumer (${mode})" ${CMAKE_COMMAND} --build "${dir}")
   run("run consumer (${mode})" "${dir}/consumer")
   if(NOT last_output MATCHES "consumer: \\{dp=2, tp=4\\} row \\{tp=4\\} rank 6")

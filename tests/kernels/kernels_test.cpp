@@ -60,7 +60,8 @@ TEST_CASE("axpy_f32 matches the CPU reference", "[kernels][gpu]") {
   cox::kernels::axpy_f32_cpu(n, alpha, x.data(), y.data());
   for (int64_t i = 0; i < n; ++i) {
     INFO("element " << i);
-    REQUIRE(got[i] == Approx(y[i]).epsilon(1e-6));
+    // The GPU fuses multiply and add (one rounding), the reference rounds twice.
+    REQUIRE(got[i] == Approx(y[i]).epsilon(1e-6).margin(1e-6));
   }
   cudaStreamDestroy(stream);
   cudaFree(dx);
