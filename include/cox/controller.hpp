@@ -1,0 +1,129 @@
+// cox::Controller: the one process that drives every worker.
+//
+// A controller gets its workers in one of two ways:
+//   Controller::local({.workers = 4})   spawns cox-worker processes on this
+//                                       host, connected over a Unix socket in
+//                                       a private directory;
+//   Controller::attach({.workers = 16}) listens on TCP; workers started by
+//                                       anything else (ssh, srun, mpirun) run
+//                                       `cox-worker --connect HOST:PORT --rank R`
+//                                       with the token in $COX_TOKEN or a
+//                                       0600 file named by $COX_TOKEN_FILE.
+// Either way start-up waits for every worker (cox::Timeout names the ranks
+// that never came), each worker proves the shared token by HMAC
+// challenge-response, and shutdown() or the destructor drains, stops and
+// reaps every worker. A worker that dies is noticed at once locally (child
+// exit) or within the heartbeat timeout remotely; every call that needs it
+// then fails with cox::WorkerLost.
+#pragma once
+
+#include <cox/errors.hpp>
+#include <cox/export.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace cox {
+
+enum class OutputStream { kStdout, kStderr };
+
+// Receives each line a worker writes, with its rank. Called on the
+// controller's I/O thread: keep it short and do not call back into the
+// controller from it.
+using OutputSink = std::function<void(int rank, OutputStream stream, std::string_view line)>;
+
+// Writes "[worker R] line" to this process's stdout or stderr.
+COX_API OutputSink default_output_sink();
+
+// Where an attaching controller listens, for whatever launches the workers.
+struct AttachInfo {
+  std::string host;
+  uint16_t port = 0;
+  std::string token;  // hand to workers through $COX_TOKEN or a 0600 file
+};
+
+struct ControllerOptions {
+  // Number of workers (ranks 0..workers-1).
+  int workers = 1;
+
+  // --- local spawn ---
+  // The cox-worker binary; empty finds it: $COX_WORKER, next to this
+  // executable, in the build tree, in the install tree, then on $PATH.
+  std::string worker_path;
+  // Extra environment per worker rank, e.g. CUDA_VISIBLE_DEVICES or
+  // NCCL_HOSTID; applied on top of this process's environment.
+  std::function<std::vector<std::pair<std::string, std::string>>(int rank)> worker_env;
+
+  // --- attach ---
+  std::string listen_host = "127.0.0.1";
+  uint16_t listen_port = 0;  // 0: the system picks one; see on_listening
+  std::string token;         // empty: a fresh random one
+  // Called once the controller listens, before it waits for workers: start
+  // them from here (the port is known only now when listen_port is 0).
+  std::function<void(const AttachInfo&)> on_listening;
+
+  // --- both ---
+  std::chrono::milliseconds startup_timeout{30000};
+  std::chrono::milliseconds shutdown_timeout{5000};
+  std::chrono::milliseconds heartbeat_interval{1000};
+  // A worker silent for this long is lost; a worker that hears nothing from
+  // its controller for this long exits.
+  std::chrono::milliseconds heartbeat_timeout{10000};
+  size_t max_frame_bytes = size_t{1} << 30;
+  // Lines of stderr kept per worker for WorkerLost messages.
+  size_t stderr_lines_kept = 20;
+  OutputSink output_sink;  // empty: default_output_sink()
+};
+
+class COX_API Controller {
+ public:
+  static Controller local(ControllerOptions options);
+  static Controller attach(ControllerOptions options);
+
+  Controller(Controller&&) noexcept;
+  Controller& operator=(Controller&&) noexcept;
+  Controller(const Controller&) = delete;
+  Controller& operator=(const Controller&) = delete;
+  // Shuts down (as shutdown()), swallowing errors.
+  ~Controller();
+
+  int size() const noexcept;
+
+  // Returns once every worker has processed everything sent to it before
+  // this call. Throws cox::WorkerLost if a worker is gone, the first
+  // cox::RemoteError reported since the last sync, or cox::Timeout (naming
+  // the ranks not done) when `timeout` passes first.
+  void sync(std::optional<std::chrono::milliseconds> timeout = std::nullopt);
+
+  // Round trip to one worker (sent, executed in order, answered); returns its
+  // duration. Throws as sync() does.
+  std::chrono::nanoseconds ping(int rank, std::optional<std::chrono::milliseconds> timeout = std::nullopt);
+
+  // Drains and stops every worker, waits up to shutdown_timeout for them to
+  // exit, kills those that did not, and reaps them all. Idempotent.
+  void shutdown();
+
+  // The process id of a locally spawned worker; -1 for an attached one.
+  int64_t worker_pid(int rank) const;
+  // Ranks that have been lost so far.
+  std::vector<int> lost_workers() const;
+  // Attach mode: where the controller listens.
+  AttachInfo attach_info() const;
+
+  class Impl;
+  // The runtime under the public API, for the layers of this library.
+  Impl& impl() { return *impl_; }
+
+ private:
+  explicit Controller(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace cox

@@ -1,0 +1,170 @@
+// Controller::Impl: the runtime under cox::Controller.
+//
+// Threads: the caller's threads send and wait; one I/O thread (Asio) owns
+// the sockets, the child pipes and pidfds, the handshakes and the heartbeat
+// timer. State that both touch lives under mu_; waiters sleep on cv_ and
+// every waiter has a deadline or wakes when a worker is lost.
+#pragma once
+
+#include <cox/controller.hpp>
+
+#include "transport/channel.hpp"
+#include "wire/messages.hpp"
+
+#include <asio/basic_socket_acceptor.hpp>
+#include <asio/generic/stream_protocol.hpp>
+#include <asio/io_context.hpp>
+#include <asio/posix/stream_descriptor.hpp>
+#include <asio/steady_timer.hpp>
+
+#include <array>
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <exception>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+namespace cox {
+
+class Controller::Impl {
+ public:
+  enum class Mode { kLocal, kAttach };
+
+  Impl(ControllerOptions options, Mode mode);
+  ~Impl();
+
+  // Listens, spawns (local), and waits until every worker has connected.
+  void start();
+  void shutdown();
+
+  int size() const noexcept { return static_cast<int>(workers_.size()); }
+
+  // --- the dispatch path: any thread ---
+  // Appends already-encoded frames to a worker's ordered stream. Batched:
+  // the I/O thread flushes. Throws WorkerLost when the worker is gone.
+  inline void post(int rank, const uint8_t* data, size_t n);
+  void post(int rank, const std::vector<uint8_t>& bytes) { post(rank, bytes.data(), bytes.size()); }
+  // The same bytes to several workers: encoded once, copied per worker.
+  void post(const std::vector<int>& ranks, const std::vector<uint8_t>& bytes) {
+    for (int r : ranks) post(r, bytes.data(), bytes.size());
+  }
+  void post_all(const std::vector<uint8_t>& bytes) {
+    for (int r = 0; r < size(); ++r) post(r, bytes.data(), bytes.size());
+  }
+
+  void sync(std::optional<std::chrono::milliseconds> timeout);
+  std::chrono::nanoseconds ping(int rank, std::optional<std::chrono::milliseconds> timeout);
+
+  int64_t worker_pid(int rank) const;
+  std::vector<int> lost_workers() const;
+  AttachInfo attach_info() const;
+  // Connections refused during the handshake, and why (newest last).
+  std::vector<std::string> rejected_connections() const;
+
+ private:
+  struct Worker;
+  struct Handshake;
+
+  Worker& worker(int rank) {
+    if (__builtin_expect(rank < 0 || rank >= size(), 0)) bad_rank(rank);
+    return *workers_[static_cast<size_t>(rank)];
+  }
+  const Worker& worker(int rank) const {
+    if (__builtin_expect(rank < 0 || rank >= size(), 0)) bad_rank(rank);
+    return *workers_[static_cast<size_t>(rank)];
+  }
+  [[noreturn]] void bad_rank(int rank) const;
+  [[noreturn]] void throw_lost(int rank) const;
+
+  // I/O thread.
+  void listen();
+  void accept_next();
+  void begin_handshake(transport::Socket socket);
+  void read_hello_reply(const std::shared_ptr<Handshake>& hs);
+  void finish_handshake(const std::shared_ptr<Handshake>& hs, const wire::HelloReply& reply);
+  void reject(const std::shared_ptr<Handshake>& hs, const std::string& reason, bool tell_peer);
+  void spawn_all();
+  void watch_child(Worker& w);
+  void on_child_exit(Worker& w);
+  void read_output(Worker& w, bool err);
+  void on_output(Worker& w, bool err, const char* data, size_t n, bool eof);
+  void on_frames(Worker& w, const uint8_t* data, size_t n);
+  void on_closed(Worker& w, const std::string& reason);
+  void on_heartbeat_timer();
+  void mark_lost(Worker& w, const std::string& reason);
+  void kill_child(Worker& w);
+
+  // Waits (caller's thread) until pred() or a worker in `ranks` (all when
+  // empty) is lost, or the deadline; then throws for a loss, or returns
+  // false on timeout. Called with mu_ held.
+  template <class Pred>
+  bool wait_for(std::unique_lock<std::mutex>& lk, std::optional<std::chrono::milliseconds> timeout,
+                const std::vector<int>& ranks, Pred pred);
+  void rethrow_first_error(std::unique_lock<std::mutex>& lk);
+
+  ControllerOptions opts_;
+  Mode mode_;
+  std::string token_;
+  std::string socket_dir_;  // local mode: private directory holding the socket
+  std::string endpoint_;    // "unix:/path" or "host:port"
+  uint16_t port_ = 0;
+
+  asio::io_context io_;
+  std::optional<asio::basic_socket_acceptor<asio::generic::stream_protocol>> acceptor_;
+  asio::steady_timer heartbeat_timer_;
+  std::thread io_thread_;
+  std::vector<uint8_t> heartbeat_frame_;
+
+  std::vector<std::unique_ptr<Worker>> workers_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  int connected_ = 0;
+  bool shutting_down_ = false;
+  bool shut_down_ = false;
+  std::exception_ptr first_error_;  // first RemoteError since the last sync
+  std::vector<std::string> rejected_;
+  std::atomic<uint64_t> next_id_{0};
+};
+
+// One worker as the controller sees it.
+struct Controller::Impl::Worker final : transport::Channel::Handler {
+  Worker(Impl& impl, int rank, asio::io_context& io)
+      : impl(impl), rank(rank), stdout_pipe(io), stderr_pipe(io), pidfd(io), exit_timer(io), grace_timer(io) {}
+
+  void on_frames(const uint8_t* data, size_t n) override { impl.on_frames(*this, data, n); }
+  void on_closed(const std::string& reason) override { impl.on_closed(*this, reason); }
+
+  Impl& impl;
+  const int rank;
+  std::shared_ptr<transport::Channel> channel;  // set once, before start() returns
+  std::atomic<bool> lost_flag{false};
+
+  // Local workers (I/O thread).
+  pid_t pid = -1;
+  asio::posix::stream_descriptor stdout_pipe, stderr_pipe, pidfd;
+  asio::steady_timer exit_timer;   // polls for exit where pidfds are missing
+  asio::steady_timer grace_timer;  // connection closed: time for the exit status to arrive
+  std::array<char, 4096> out_buf{}, err_buf{};
+  std::string out_partial, err_partial;
+  bool pipes_open[2] = {false, false};
+
+  // Under mu_.
+  bool connected = false;
+  bool exited = false;
+  int exit_status = 0;
+  std::exception_ptr lost;
+  uint64_t synced = 0;     // highest sync id answered
+  uint64_t echoed = 0;     // highest echo id answered
+  std::deque<std::string> last_stderr;
+};
+
+void Controller::Impl::post(int rank, const uint8_t* data, size_t n) {
+  Worker& w = worker(rank);
+  if (__builtin_expect(w.lost_flag.load(std::memory_order_relaxed), 0)) throw_lost(rank);
+  w.channel->send(data, n);
+}
+
+}  // namespace cox

@@ -1,0 +1,278 @@
+// The messages that travel between the controller and its workers, and the
+// frames that carry them.
+//
+// A frame is a u32 little-endian length, then that many bytes: a u8 message
+// type and the message's fields (wire/codec.hpp). Several frames travel
+// back to back in one write; each side scans whole frames out of what it
+// reads, rejecting a bad length or type before looking at any payload.
+#pragma once
+
+#include "wire/codec.hpp"
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace cox::wire {
+
+constexpr uint32_t kMagic = 0x53584f43;  // "COXS"
+constexpr uint16_t kProtocolVersion = 1;
+constexpr size_t kFrameHeaderBytes = 4;
+// Frames before authentication are tiny; a peer that announces more is refused.
+constexpr size_t kMaxHandshakeFrame = 1024;
+constexpr size_t kDefaultMaxFrame = size_t{1} << 30;
+
+enum class MsgType : uint8_t {
+  // Handshake (wire/handshake)
+  kHello = 1,       // controller -> worker: protocol version and a challenge
+  kHelloReply = 2,  // worker -> controller: rank, its proof, its challenge
+  kWelcome = 3,     // controller -> worker: its proof, session parameters
+  kReject = 4,      // either way: why the handshake failed
+
+  // Controller -> worker
+  kHeartbeat = 10,  // (also worker -> controller) liveness when otherwise idle
+  kSync = 11,       // reply kSyncDone once everything before it was processed
+  kShutdown = 12,   // finish everything before it, then exit 0
+  kEcho = 13,       // reply kEchoReply with the same id and payload
+  kSeq = 14,        // check that sequence numbers arrive in order
+  kRaise = 15,      // fail as an operation would, with the given message
+  kExit = 16,       // exit at once with the given code (tests supervision)
+  kPrint = 17,      // write a line to stdout or stderr (tests output capture)
+  kSleep = 18,      // block the stream for a while (tests waits and deadlines)
+
+  // Worker -> controller
+  kSyncDone = 30,
+  kEchoReply = 31,
+  kError = 32,  // an operation failed: which one and why
+  kLog = 33,    // a line of output, from workers whose output is not piped
+};
+
+const char* to_string(MsgType t) noexcept;
+bool is_known_type(uint8_t t) noexcept;
+
+struct FrameView {
+  MsgType type;
+  const uint8_t* payload;
+  size_t size;
+};
+
+// Appends one frame of type `t` whose payload `body(Writer&)` writes.
+template <class F>
+void append_frame(std::vector<uint8_t>& out, MsgType t, F&& body) {
+  const size_t at = out.size();
+  out.resize(at + kFrameHeaderBytes);
+  Writer w(out);
+  w.put<uint8_t>(static_cast<uint8_t>(t));
+  body(w);
+  const uint32_t len = static_cast<uint32_t>(out.size() - at - kFrameHeaderBytes);
+  std::memcpy(out.data() + at, &len, sizeof len);
+}
+
+// Finds whole frames at the front of a byte range.
+class FrameScanner {
+ public:
+  explicit FrameScanner(size_t max_frame) : max_frame_(max_frame) {}
+
+  // Calls f(FrameView) for each complete frame at the start of [data,
+  // data+n) and returns the number of bytes they span. Throws ProtocolError
+  // for an empty, oversized or unknown frame. *need, when given, is set to
+  // the size of the whole next (incomplete) frame, or 0.
+  template <class F>
+  size_t scan(const uint8_t* data, size_t n, F&& f, size_t* need = nullptr) const {
+    size_t at = 0;
+    if (need) *need = 0;
+    while (n - at >= kFrameHeaderBytes) {
+      uint32_t len;
+      std::memcpy(&len, data + at, sizeof len);
+      check_header(len, data, n, at);
+      if (n - at - kFrameHeaderBytes < len) {
+        if (need) *need = kFrameHeaderBytes + len;
+        break;
+      }
+      const uint8_t type = data[at + kFrameHeaderBytes];
+      f(FrameView{static_cast<MsgType>(type), data + at + kFrameHeaderBytes + 1, len - 1});
+      at += kFrameHeaderBytes + len;
+    }
+    return at;
+  }
+  size_t max_frame() const noexcept { return max_frame_; }
+
+ private:
+  void check_header(uint32_t len, const uint8_t* data, size_t n, size_t at) const {
+    if (len == 0 || len > max_frame_ || (n - at > kFrameHeaderBytes && !is_known_type(data[at + kFrameHeaderBytes]))) {
+      bad_header(len, data, n, at);
+    }
+  }
+  [[noreturn]] void bad_header(uint32_t len, const uint8_t* data, size_t n, size_t at) const;
+
+  size_t max_frame_;
+};
+
+// --- messages --------------------------------------------------------------
+// Each has kType, encode(Writer&) and decode(Reader&).
+
+using Nonce = std::array<uint8_t, 32>;
+using Mac = std::array<uint8_t, 32>;
+
+struct Hello {
+  static constexpr MsgType kType = MsgType::kHello;
+  uint32_t magic = kMagic;
+  uint16_t version = kProtocolVersion;
+  Nonce nonce{};
+  void encode(Writer& w) const;
+  static Hello decode(Reader& r);
+};
+
+struct HelloReply {
+  static constexpr MsgType kType = MsgType::kHelloReply;
+  uint32_t magic = kMagic;
+  uint16_t version = kProtocolVersion;
+  int32_t rank = -1;
+  Nonce nonce{};  // the worker's challenge to the controller
+  Mac mac{};      // HMAC(token, "worker" | controller nonce | rank)
+  void encode(Writer& w) const;
+  static HelloReply decode(Reader& r);
+};
+
+struct Welcome {
+  static constexpr MsgType kType = MsgType::kWelcome;
+  Mac mac{};  // HMAC(token, "controller" | worker nonce | rank)
+  int32_t world_size = 0;
+  uint32_t heartbeat_interval_ms = 0;
+  uint32_t heartbeat_timeout_ms = 0;
+  uint64_t max_frame = 0;
+  void encode(Writer& w) const;
+  static Welcome decode(Reader& r);
+};
+
+struct Reject {
+  static constexpr MsgType kType = MsgType::kReject;
+  std::string reason;
+  void encode(Writer& w) const;
+  static Reject decode(Reader& r);
+};
+
+struct Heartbeat {
+  static constexpr MsgType kType = MsgType::kHeartbeat;
+  void encode(Writer&) const {}
+  static Heartbeat decode(Reader&) { return {}; }
+};
+
+struct Sync {
+  static constexpr MsgType kType = MsgType::kSync;
+  uint64_t id = 0;
+  void encode(Writer& w) const { w.put(id); }
+  static Sync decode(Reader& r) { return {r.get<uint64_t>("sync.id")}; }
+};
+
+struct SyncDone {
+  static constexpr MsgType kType = MsgType::kSyncDone;
+  uint64_t id = 0;
+  void encode(Writer& w) const { w.put(id); }
+  static SyncDone decode(Reader& r) { return {r.get<uint64_t>("sync_done.id")}; }
+};
+
+struct Shutdown {
+  static constexpr MsgType kType = MsgType::kShutdown;
+  void encode(Writer&) const {}
+  static Shutdown decode(Reader&) { return {}; }
+};
+
+struct Echo {
+  static constexpr MsgType kType = MsgType::kEcho;
+  uint64_t id = 0;
+  std::string payload;
+  void encode(Writer& w) const;
+  static Echo decode(Reader& r);
+};
+
+struct EchoReply {
+  static constexpr MsgType kType = MsgType::kEchoReply;
+  uint64_t id = 0;
+  std::string payload;
+  void encode(Writer& w) const;
+  static EchoReply decode(Reader& r);
+};
+
+struct Seq {
+  static constexpr MsgType kType = MsgType::kSeq;
+  uint64_t n = 0;
+  void encode(Writer& w) const { w.put(n); }
+  static Seq decode(Reader& r) { return {r.get<uint64_t>("seq.n")}; }
+};
+
+struct Raise {
+  static constexpr MsgType kType = MsgType::kRaise;
+  std::string message;
+  void encode(Writer& w) const { w.put_string(message); }
+  static Raise decode(Reader& r) { return {r.get_string("raise.message")}; }
+};
+
+struct Exit {
+  static constexpr MsgType kType = MsgType::kExit;
+  int32_t code = 0;
+  void encode(Writer& w) const { w.put(code); }
+  static Exit decode(Reader& r) { return {r.get<int32_t>("exit.code")}; }
+};
+
+struct Sleep {
+  static constexpr MsgType kType = MsgType::kSleep;
+  uint32_t ms = 0;
+  void encode(Writer& w) const { w.put(ms); }
+  static Sleep decode(Reader& r) { return {r.get<uint32_t>("sleep.ms")}; }
+};
+
+enum class Stream : uint8_t { kStdout = 1, kStderr = 2 };
+
+struct Print {
+  static constexpr MsgType kType = MsgType::kPrint;
+  Stream stream = Stream::kStdout;
+  std::string text;
+  void encode(Writer& w) const;
+  static Print decode(Reader& r);
+};
+
+struct Error {
+  static constexpr MsgType kType = MsgType::kError;
+  uint64_t index = 0;  // position of the failed message in the worker's stream
+  std::string op;
+  std::string message;
+  void encode(Writer& w) const;
+  static Error decode(Reader& r);
+};
+
+struct Log {
+  static constexpr MsgType kType = MsgType::kLog;
+  Stream stream = Stream::kStdout;
+  std::string line;
+  void encode(Writer& w) const;
+  static Log decode(Reader& r);
+};
+
+template <class M>
+void encode_frame(const M& m, std::vector<uint8_t>& out) {
+  append_frame(out, M::kType, [&](Writer& w) { m.encode(w); });
+}
+
+template <class M>
+std::vector<uint8_t> encode_frame(const M& m) {
+  std::vector<uint8_t> out;
+  encode_frame(m, out);
+  return out;
+}
+
+// Decodes a frame's payload as M; the frame must be of M's type and hold
+// exactly M's fields.
+template <class M>
+M decode(const FrameView& f) {
+  if (f.type != M::kType) {
+    throw ProtocolError(std::string("expected a ") + to_string(M::kType) + " message, got " + to_string(f.type));
+  }
+  Reader r(f.payload, f.size, to_string(M::kType));
+  M m = M::decode(r);
+  r.expect_end();
+  return m;
+}
+
+}  // namespace cox::wire

@@ -1,0 +1,416 @@
+// The worker: blocking connect and handshake, then an I/O thread (Asio) that
+// moves frames into an inbox and an executor (the calling thread) that runs
+// them in order.
+#include "worker/worker.hpp"
+
+#include "common/check.hpp"
+#include "transport/auth.hpp"
+#include "transport/channel.hpp"
+#include "wire/messages.hpp"
+
+#include <asio/io_context.hpp>
+#include <asio/post.hpp>
+#include <asio/steady_timer.hpp>
+
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <thread>
+
+namespace cox::worker {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+[[noreturn]] void die(int rank, const std::string& why) {
+  std::fprintf(stderr, "cox-worker %d: %s\n", rank, why.c_str());
+  std::fflush(stdout);
+  std::fflush(stderr);
+  std::_Exit(1);
+}
+
+struct Endpoint {
+  int family = AF_UNIX;
+  std::string path;  // unix
+  std::string host, port;
+};
+
+Endpoint parse_endpoint(const std::string& s) {
+  Endpoint ep;
+  if (s.rfind("unix:", 0) == 0) {
+    ep.path = s.substr(5);
+    COX_CHECK_ARG(!ep.path.empty() && ep.path.size() < sizeof(sockaddr_un::sun_path),
+                  "--connect '{}': bad Unix socket path", s);
+    return ep;
+  }
+  size_t colon = s.rfind(':');
+  COX_CHECK_ARG(colon != std::string::npos && colon > 0 && colon + 1 < s.size(),
+                "--connect '{}' is neither unix:PATH nor HOST:PORT", s);
+  ep.family = AF_INET;
+  ep.host = s.substr(0, colon);
+  ep.port = s.substr(colon + 1);
+  if (ep.host.size() > 2 && ep.host.front() == '[' && ep.host.back() == ']') ep.host = ep.host.substr(1, ep.host.size() - 2);
+  return ep;
+}
+
+// One connection attempt; -1 with errno-style message on failure.
+int try_connect(const Endpoint& ep, std::string& error) {
+  if (ep.family == AF_UNIX) {
+    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, ep.path.c_str(), ep.path.size() + 1);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) return fd;
+    error = std::strerror(errno);
+    ::close(fd);
+    return -1;
+  }
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  if (int rc = ::getaddrinfo(ep.host.c_str(), ep.port.c_str(), &hints, &res); rc != 0) {
+    error = ::gai_strerror(rc);
+    return -1;
+  }
+  int fd = -1;
+  for (addrinfo* a = res; a; a = a->ai_next) {
+    fd = ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) continue;
+    if (::connect(fd, a->ai_addr, a->ai_addrlen) == 0) {
+      int one = 1;
+      ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      break;
+    }
+    error = std::strerror(errno);
+    ::close(fd);
+    fd = -1;
+  }
+  ::freeaddrinfo(res);
+  return fd;
+}
+
+// Blocking I/O with a deadline, for the handshake only.
+void read_exact(int fd, void* buf, size_t n, Clock::time_point deadline, const char* what) {
+  auto* p = static_cast<uint8_t*>(buf);
+  while (n) {
+    auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now()).count();
+    if (left <= 0) throw Timeout(std::string("handshake: timed out waiting for ") + what);
+    pollfd pfd{fd, POLLIN, 0};
+    int rc = ::poll(&pfd, 1, static_cast<int>(left));
+    if (rc < 0 && errno == EINTR) continue;
+    if (rc <= 0) continue;
+    ssize_t r = ::read(fd, p, n);
+    if (r == 0) {
+      throw Error(std::string("handshake: the controller closed the connection while we waited for ") + what +
+                  " (wrong token, or not a Coxswain controller?)");
+    }
+    if (r < 0) {
+      if (errno == EINTR || errno == EAGAIN) continue;
+      throw Error(std::string("handshake: read failed: ") + std::strerror(errno));
+    }
+    p += r;
+    n -= static_cast<size_t>(r);
+  }
+}
+
+void write_all(int fd, const std::vector<uint8_t>& bytes) {
+  size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t w = ::send(fd, bytes.data() + done, bytes.size() - done, MSG_NOSIGNAL);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      throw Error(std::string("handshake: write failed: ") + std::strerror(errno));
+    }
+    done += static_cast<size_t>(w);
+  }
+}
+
+// Reads one handshake frame into `buf`; returns its view.
+wire::FrameView read_handshake_frame(int fd, std::vector<uint8_t>& buf, Clock::time_point deadline, const char* what) {
+  uint32_t len = 0;
+  read_exact(fd, &len, sizeof len, deadline, what);
+  if (len == 0 || len > wire::kMaxHandshakeFrame) {
+    throw ProtocolError(fmt::format("handshake: {} frame of {} bytes (at most {} allowed); is this a Coxswain "
+                                    "controller?",
+                                    what, len, wire::kMaxHandshakeFrame));
+  }
+  buf.resize(len);
+  read_exact(fd, buf.data(), len, deadline, what);
+  if (!wire::is_known_type(buf[0])) throw ProtocolError(fmt::format("handshake: unknown message type {}", buf[0]));
+  return wire::FrameView{static_cast<wire::MsgType>(buf[0]), buf.data() + 1, len - 1u};
+}
+
+struct Session {
+  int fd = -1;
+  wire::Welcome welcome;
+};
+
+Session connect_and_handshake(const WorkerOptions& o, const std::string& token) {
+  const Endpoint ep = parse_endpoint(o.connect);
+  const auto connect_deadline = Clock::now() + o.connect_timeout;
+  std::string error;
+  int fd = -1;
+  for (auto pause = milliseconds(10);; pause = std::min(pause * 2, milliseconds(500))) {
+    fd = try_connect(ep, error);
+    if (fd >= 0) break;
+    if (Clock::now() + pause > connect_deadline) {
+      throw Timeout(fmt::format("cannot reach the controller at {} within {} ms: {}", o.connect,
+                                o.connect_timeout.count(), error));
+    }
+    std::this_thread::sleep_for(pause);
+  }
+  const auto deadline = Clock::now() + o.handshake_timeout;
+  std::vector<uint8_t> buf;
+  auto hello = wire::decode<wire::Hello>(read_handshake_frame(fd, buf, deadline, "hello"));
+  if (hello.magic != wire::kMagic) throw ProtocolError(fmt::format("handshake: bad magic {:#x}", hello.magic));
+  if (hello.version != wire::kProtocolVersion) {
+    throw Error(fmt::format("the controller speaks protocol version {}, this worker speaks {}", hello.version,
+                            wire::kProtocolVersion));
+  }
+  wire::HelloReply reply;
+  reply.rank = o.rank;
+  reply.nonce = transport::random_nonce();
+  reply.mac = transport::prove(token, "worker", hello.nonce, o.rank);
+  write_all(fd, wire::encode_frame(reply));
+
+  auto f = read_handshake_frame(fd, buf, deadline, "welcome");
+  if (f.type == wire::MsgType::kReject) {
+    throw Error("the controller refused this worker: " + wire::decode<wire::Reject>(f).reason);
+  }
+  Session s;
+  s.fd = fd;
+  s.welcome = wire::decode<wire::Welcome>(f);
+  // The controller must prove the token too before we run anything it sends.
+  if (!transport::same_mac(s.welcome.mac, transport::prove(token, "controller", reply.nonce, o.rank))) {
+    throw Error("the controller failed to prove the shared token; refusing to run its messages");
+  }
+  return s;
+}
+
+// Frames handed from the I/O thread to the executor.
+class Inbox final : public transport::Channel::Handler {
+ public:
+  explicit Inbox(int rank) : rank_(rank) {}
+
+  void on_frames(const uint8_t* data, size_t n) override {
+    std::unique_lock<std::mutex> lk(mu_);
+    std::vector<uint8_t> chunk;
+    if (!spare_.empty()) {
+      chunk.swap(spare_.back());
+      spare_.pop_back();
+    }
+    chunk.assign(data, data + n);
+    chunks_.push_back(std::move(chunk));
+    if (waiting_) {
+      lk.unlock();
+      cv_.notify_one();
+    }
+  }
+  void on_closed(const std::string& reason) override {
+    std::unique_lock<std::mutex> lk(mu_);
+    if (!shutdown_seen_) {
+      // The controller is gone without saying goodbye: nothing left to do.
+      lk.unlock();
+      die(rank_, "lost the controller: " + reason);
+    }
+    closed_ = true;
+    cv_.notify_one();
+  }
+  // Executor: the next chunk, or false once closed and drained.
+  bool pop(std::vector<uint8_t>& chunk) {
+    std::unique_lock<std::mutex> lk(mu_);
+    if (!chunk.empty() || chunk.capacity()) {
+      chunk.clear();
+      if (spare_.size() < 8) spare_.push_back(std::move(chunk));
+    }
+    waiting_ = true;
+    cv_.wait(lk, [&] { return !chunks_.empty() || closed_; });
+    waiting_ = false;
+    if (chunks_.empty()) return false;
+    chunk = std::move(chunks_.front());
+    chunks_.pop_front();
+    return true;
+  }
+  void saw_shutdown() {
+    std::lock_guard<std::mutex> lk(mu_);
+    shutdown_seen_ = true;
+  }
+
+ private:
+  const int rank_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::vector<uint8_t>> chunks_;
+  std::vector<std::vector<uint8_t>> spare_;
+  bool waiting_ = false;
+  bool closed_ = false;
+  bool shutdown_seen_ = false;
+};
+
+class Executor {
+ public:
+  Executor(int rank, transport::Channel& out) : rank_(rank), out_(out) {}
+
+  // Runs one frame; returns false on shutdown.
+  bool run(const wire::FrameView& f) {
+    ++index_;
+    switch (f.type) {
+      case wire::MsgType::kHeartbeat:
+        return true;
+      case wire::MsgType::kSync:
+        reply_now(wire::SyncDone{wire::decode<wire::Sync>(f).id});
+        return true;
+      case wire::MsgType::kShutdown:
+        wire::decode<wire::Shutdown>(f);
+        return false;
+      case wire::MsgType::kEcho: {
+        auto m = wire::decode<wire::Echo>(f);
+        reply_now(wire::EchoReply{m.id, std::move(m.payload)});
+        return true;
+      }
+      case wire::MsgType::kSeq: {
+        const uint64_t n = wire::decode<wire::Seq>(f).n;
+        if (n != next_seq_) {
+          report("seq", fmt::format("sequence number {} arrived where {} was expected", n, next_seq_));
+        }
+        next_seq_ = n + 1;
+        return true;
+      }
+      case wire::MsgType::kRaise:
+        report("raise", wire::decode<wire::Raise>(f).message);
+        return true;
+      case wire::MsgType::kExit: {
+        const int code = wire::decode<wire::Exit>(f).code;
+        std::fflush(stdout);
+        std::fflush(stderr);
+        std::_Exit(code);
+      }
+      case wire::MsgType::kPrint: {
+        auto m = wire::decode<wire::Print>(f);
+        std::FILE* file = m.stream == wire::Stream::kStderr ? stderr : stdout;
+        std::fprintf(file, "%s\n", m.text.c_str());
+        std::fflush(file);
+        return true;
+      }
+      case wire::MsgType::kSleep:
+        std::this_thread::sleep_for(milliseconds(wire::decode<wire::Sleep>(f).ms));
+        return true;
+      default:
+        throw ProtocolError(fmt::format("the controller sent a {} message, which only a worker sends",
+                                        wire::to_string(f.type)));
+    }
+  }
+
+ private:
+  template <class M>
+  void reply_now(const M& m) {
+    buf_.clear();
+    wire::encode_frame(m, buf_);
+    out_.send_now(buf_);
+  }
+  void report(const std::string& op, const std::string& message) {
+    wire::Error e;
+    e.index = index_;
+    e.op = op;
+    e.message = message;
+    reply_now(e);
+  }
+
+  const int rank_;
+  transport::Channel& out_;
+  std::vector<uint8_t> buf_;
+  uint64_t index_ = 0;
+  uint64_t next_seq_ = 0;
+};
+
+}  // namespace
+
+int run_worker(const WorkerOptions& o) {
+  COX_CHECK_ARG(o.rank >= 0, "--rank must be a non-negative integer, got {}", o.rank);
+  // A locally spawned worker dies with its controller, even by SIGKILL.
+  if (const char* parent = std::getenv("COX_PARENT_PID"); parent && *parent) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (std::to_string(::getppid()) != parent) die(o.rank, "the controller exited before this worker started");
+  }
+  std::string token = transport::load_worker_token();
+  ::unsetenv(transport::kTokenEnv);  // not for anything this worker starts
+
+  Session s = connect_and_handshake(o, token);
+  const milliseconds hb_interval(s.welcome.heartbeat_interval_ms);
+  const milliseconds hb_timeout(s.welcome.heartbeat_timeout_ms);
+
+  asio::io_context io;
+  transport::Socket socket(io);
+  sockaddr_storage ss{};
+  socklen_t sl = sizeof ss;
+  ::getsockname(s.fd, reinterpret_cast<sockaddr*>(&ss), &sl);
+  socket.assign(asio::generic::stream_protocol(ss.ss_family, ss.ss_family == AF_UNIX ? 0 : IPPROTO_TCP), s.fd);
+
+  Inbox inbox(o.rank);
+  auto channel = std::make_shared<transport::Channel>(std::move(socket), s.welcome.max_frame, &inbox);
+  channel->start();
+
+  // Heartbeats out, and the controller's silence watched, on the I/O thread,
+  // so that a long operation on the executor changes neither.
+  asio::steady_timer heartbeat(io);
+  const std::vector<uint8_t> hb_frame = wire::encode_frame(wire::Heartbeat{});
+  std::function<void()> beat = [&] {
+    heartbeat.expires_after(hb_interval);
+    heartbeat.async_wait([&](const std::error_code& ec) {
+      if (ec) return;
+      const auto silent = std::chrono::duration_cast<milliseconds>(Clock::now() - channel->last_receive());
+      if (silent > hb_timeout) die(o.rank, fmt::format("no message from the controller for {} ms", silent.count()));
+      channel->send(hb_frame);
+      beat();
+    });
+  };
+  beat();
+  std::thread io_thread([&] {
+    pthread_setname_np(pthread_self(), ("cox-w" + std::to_string(o.rank) + "-io").substr(0, 15).c_str());
+    io.run();
+  });
+
+  Executor exec(o.rank, *channel);
+  std::vector<uint8_t> chunk;
+  bool running = true;
+  try {
+    while (running && inbox.pop(chunk)) {
+      transport::for_each_frame(chunk.data(), chunk.size(), [&](const wire::FrameView& f) {
+        if (!running) return;  // nothing after shutdown runs
+        if (!exec.run(f)) {
+          inbox.saw_shutdown();
+          running = false;
+        }
+      });
+    }
+  } catch (const ProtocolError& e) {
+    die(o.rank, std::string("protocol error in the controller's stream: ") + e.what());
+  }
+  // Everything answered so far reaches the controller before we go.
+  channel->flush_blocking(milliseconds(2000));
+  asio::post(io, [&] {
+    heartbeat.cancel();
+    channel->close("worker shut down");
+    io.stop();
+  });
+  io_thread.join();
+  return 0;
+}
+
+}  // namespace cox::worker
