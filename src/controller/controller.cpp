@@ -30,6 +30,10 @@ namespace cox {
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
+namespace {
+constexpr int kSpinMicros = 100;
+}  // namespace
+
 // A connection between accept and authentication.
 struct Controller::Impl::Handshake {
   explicit Handshake(transport::Socket s) : socket(std::move(s)), timer(socket.get_executor()) {}
@@ -593,7 +597,10 @@ void Controller::Impl::on_frames(Worker& w, const uint8_t* data, size_t n) {
                                         wire::to_string(f.type)));
     }
   });
-  if (wake) cv_.notify_all();
+  if (wake) {
+    events_.fetch_add(1, std::memory_order_release);
+    cv_.notify_all();
+  }
 }
 
 void Controller::Impl::on_closed(Worker& w, const std::string& reason) {
@@ -629,6 +636,7 @@ void Controller::Impl::mark_lost(Worker& w, const std::string& reason) {
         WorkerLost(w.rank, reason, std::vector<std::string>(w.last_stderr.begin(), w.last_stderr.end())));
     w.lost_flag.store(true);
   }
+  events_.fetch_add(1, std::memory_order_release);
   cv_.notify_all();
 }
 
@@ -679,6 +687,20 @@ bool Controller::Impl::wait_for(std::unique_lock<std::mutex>& lk, std::optional<
     return nullptr;
   };
   auto ready = [&] { return pred() || lost() != nullptr; };
+  // Replies to a waiting caller usually come within tens of microseconds:
+  // spin on the event counter for a moment before paying for a sleep and a
+  // wake-up.
+  const auto spin_until = Clock::now() + std::chrono::microseconds(kSpinMicros);
+  while (!ready() && Clock::now() < spin_until) {
+    const uint64_t seen = events_.load(std::memory_order_acquire);
+    lk.unlock();
+    while (events_.load(std::memory_order_acquire) == seen && Clock::now() < spin_until) {
+#if defined(__x86_64__)
+      __builtin_ia32_pause();
+#endif
+    }
+    lk.lock();
+  }
   if (timeout) {
     if (!cv_.wait_for(lk, *timeout, ready)) return false;
   } else {

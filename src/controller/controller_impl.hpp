@@ -127,6 +127,9 @@ class Controller::Impl {
   std::exception_ptr first_error_;  // first RemoteError since the last sync
   std::vector<std::string> rejected_;
   std::atomic<uint64_t> next_id_{0};
+  // Bumped by the I/O thread after every change a waiter may wait for, so
+  // that waiters can spin on it briefly before sleeping.
+  std::atomic<uint64_t> events_{0};
 };
 
 // One worker as the controller sees it.

@@ -22,7 +22,9 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <functional>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
@@ -203,64 +205,73 @@ Session connect_and_handshake(const WorkerOptions& o, const std::string& token) 
   return s;
 }
 
-// Frames handed from the I/O thread to the executor.
-class Inbox final : public transport::Channel::Handler {
+// The controller's stream, read by the executor itself: while it waits for
+// work it sleeps in poll() on the socket, as a hand-written server would, so
+// a message costs no hand-off between threads. (The I/O thread only sends
+// heartbeats and watches for the controller's disappearance.)
+class StreamReader {
  public:
-  explicit Inbox(int rank) : rank_(rank) {}
+  StreamReader(int fd, size_t max_frame) : fd_(fd), scanner_(max_frame), buf_(256 * 1024) {}
 
-  void on_frames(const uint8_t* data, size_t n) override {
-    std::unique_lock<std::mutex> lk(mu_);
-    std::vector<uint8_t> chunk;
-    if (!spare_.empty()) {
-      chunk.swap(spare_.back());
-      spare_.pop_back();
-    }
-    chunk.assign(data, data + n);
-    chunks_.push_back(std::move(chunk));
-    if (waiting_) {
-      lk.unlock();
-      cv_.notify_one();
+  // Runs `f` on each frame until it returns false (true) or the controller
+  // closes the stream (false).
+  template <class F>
+  bool run(F&& f) {
+    for (;;) {
+      if (!fill()) return false;
+      size_t need = 0;
+      bool stop = false;
+      const size_t used = scanner_.scan(buf_.data(), have_, [&](const wire::FrameView& frame) {
+        if (!stop && !f(frame)) stop = true;
+      }, &need);
+      if (stop) return true;
+      std::memmove(buf_.data(), buf_.data() + used, have_ - used);
+      have_ -= used;
+      if (need > buf_.size()) buf_.resize(need);
     }
   }
-  void on_closed(const std::string& reason) override {
-    std::unique_lock<std::mutex> lk(mu_);
-    if (!shutdown_seen_) {
-      // The controller is gone without saying goodbye: nothing left to do.
-      lk.unlock();
-      die(rank_, "lost the controller: " + reason);
-    }
-    closed_ = true;
-    cv_.notify_one();
-  }
-  // Executor: the next chunk, or false once closed and drained.
-  bool pop(std::vector<uint8_t>& chunk) {
-    std::unique_lock<std::mutex> lk(mu_);
-    if (!chunk.empty() || chunk.capacity()) {
-      chunk.clear();
-      if (spare_.size() < 8) spare_.push_back(std::move(chunk));
-    }
-    waiting_ = true;
-    cv_.wait(lk, [&] { return !chunks_.empty() || closed_; });
-    waiting_ = false;
-    if (chunks_.empty()) return false;
-    chunk = std::move(chunks_.front());
-    chunks_.pop_front();
-    return true;
-  }
-  void saw_shutdown() {
-    std::lock_guard<std::mutex> lk(mu_);
-    shutdown_seen_ = true;
+  bool idle() const noexcept { return idle_.load(std::memory_order_relaxed); }
+  Clock::time_point last_receive() const noexcept {
+    return Clock::time_point(Clock::duration(last_receive_.load(std::memory_order_relaxed)));
   }
 
  private:
-  const int rank_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::vector<uint8_t>> chunks_;
-  std::vector<std::vector<uint8_t>> spare_;
-  bool waiting_ = false;
-  bool closed_ = false;
-  bool shutdown_seen_ = false;
+  bool fill() {
+    if (have_ == buf_.size()) buf_.resize(buf_.size() * 2);
+    for (;;) {
+      ssize_t n = ::read(fd_, buf_.data() + have_, buf_.size() - have_);
+      if (n > 0) {
+        have_ += static_cast<size_t>(n);
+        last_receive_.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed);
+        return true;
+      }
+      if (n == 0) return false;
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) throw Error(std::string("read failed: ") + std::strerror(errno));
+      idle_.store(true, std::memory_order_relaxed);
+      pollfd p{fd_, POLLIN, 0};
+      ::poll(&p, 1, -1);
+      idle_.store(false, std::memory_order_relaxed);
+    }
+  }
+
+  const int fd_;
+  wire::FrameScanner scanner_;
+  std::vector<uint8_t> buf_;
+  size_t have_ = 0;
+  std::atomic<bool> idle_{false};
+  std::atomic<Clock::rep> last_receive_{Clock::now().time_since_epoch().count()};
+};
+
+// Write failures on the channel mean the controller is gone.
+struct WriteSide final : transport::Channel::Handler {
+  explicit WriteSide(int rank) : rank(rank) {}
+  void on_frames(const uint8_t*, size_t) override {}
+  void on_closed(const std::string& reason) override {
+    if (!stopping.load()) die(rank, "lost the controller: " + reason);
+  }
+  const int rank;
+  std::atomic<bool> stopping{false};
 };
 
 class Executor {
@@ -362,20 +373,26 @@ int run_worker(const WorkerOptions& o) {
   ::getsockname(s.fd, reinterpret_cast<sockaddr*>(&ss), &sl);
   socket.assign(asio::generic::stream_protocol(ss.ss_family, ss.ss_family == AF_UNIX ? 0 : IPPROTO_TCP), s.fd);
 
-  Inbox inbox(o.rank);
-  auto channel = std::make_shared<transport::Channel>(std::move(socket), s.welcome.max_frame, &inbox);
-  channel->start();
+  WriteSide write_side(o.rank);
+  auto channel = std::make_shared<transport::Channel>(std::move(socket), s.welcome.max_frame, &write_side);
+  StreamReader reader(s.fd, s.welcome.max_frame);
 
-  // Heartbeats out, and the controller's silence watched, on the I/O thread,
-  // so that a long operation on the executor changes neither.
+  // Heartbeats out, and the controller watched, on the I/O thread, so that a
+  // long operation on the executor changes neither.
   asio::steady_timer heartbeat(io);
   const std::vector<uint8_t> hb_frame = wire::encode_frame(wire::Heartbeat{});
   std::function<void()> beat = [&] {
     heartbeat.expires_after(hb_interval);
     heartbeat.async_wait([&](const std::error_code& ec) {
       if (ec) return;
-      const auto silent = std::chrono::duration_cast<milliseconds>(Clock::now() - channel->last_receive());
-      if (silent > hb_timeout) die(o.rank, fmt::format("no message from the controller for {} ms", silent.count()));
+      pollfd p{s.fd, POLLRDHUP, 0};
+      if (::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) && !write_side.stopping.load()) {
+        die(o.rank, "lost the controller: connection closed");
+      }
+      const auto silent = std::chrono::duration_cast<milliseconds>(Clock::now() - reader.last_receive());
+      if (reader.idle() && silent > hb_timeout) {
+        die(o.rank, fmt::format("no message from the controller for {} ms", silent.count()));
+      }
       channel->send(hb_frame);
       beat();
     });
@@ -387,21 +404,16 @@ int run_worker(const WorkerOptions& o) {
   });
 
   Executor exec(o.rank, *channel);
-  std::vector<uint8_t> chunk;
-  bool running = true;
+  bool shut_down = false;
   try {
-    while (running && inbox.pop(chunk)) {
-      transport::for_each_frame(chunk.data(), chunk.size(), [&](const wire::FrameView& f) {
-        if (!running) return;  // nothing after shutdown runs
-        if (!exec.run(f)) {
-          inbox.saw_shutdown();
-          running = false;
-        }
-      });
-    }
+    shut_down = reader.run([&](const wire::FrameView& f) { return exec.run(f); });
   } catch (const ProtocolError& e) {
     die(o.rank, std::string("protocol error in the controller's stream: ") + e.what());
+  } catch (const Error& e) {
+    die(o.rank, std::string("lost the controller: ") + e.what());
   }
+  if (!shut_down) die(o.rank, "lost the controller: connection closed");
+  write_side.stopping.store(true);
   // Everything answered so far reaches the controller before we go.
   channel->flush_blocking(milliseconds(2000));
   asio::post(io, [&] {

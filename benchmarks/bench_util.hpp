@@ -1,0 +1,68 @@
+// Small helpers shared by the benchmarks: timing statistics and JSON output.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace cox::bench {
+
+using Clock = std::chrono::steady_clock;
+
+inline double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+struct Stats {
+  double median = 0, mean = 0, p90 = 0, min = 0;
+};
+
+inline Stats stats(std::vector<double> v) {
+  Stats s;
+  if (v.empty()) return s;
+  std::sort(v.begin(), v.end());
+  s.min = v.front();
+  s.median = v[v.size() / 2];
+  s.p90 = v[v.size() * 9 / 10];
+  double sum = 0;
+  for (double x : v) sum += x;
+  s.mean = sum / static_cast<double>(v.size());
+  return s;
+}
+
+// Collects rows of named numbers and writes them as a JSON array.
+class JsonRows {
+ public:
+  void add(std::map<std::string, std::string> strings, std::map<std::string, double> numbers) {
+    std::string row = "{";
+    bool first = true;
+    for (auto& [k, v] : strings) {
+      row += (first ? "" : ", ") + ("\"" + k + "\": \"" + v + "\"");
+      first = false;
+    }
+    for (auto& [k, v] : numbers) {
+      char num[64];
+      std::snprintf(num, sizeof num, "%.6g", v);
+      row += (first ? "" : ", ") + ("\"" + k + "\": " + num);
+      first = false;
+    }
+    rows_.push_back(row + "}");
+  }
+  bool write(const std::string& path) const {
+    std::FILE* f = std::fopen(path.c_str(), "w");
+    if (!f) return false;
+    std::fprintf(f, "[\n");
+    for (size_t i = 0; i < rows_.size(); ++i) std::fprintf(f, "  %s%s\n", rows_[i].c_str(), i + 1 < rows_.size() ? "," : "");
+    std::fprintf(f, "]\n");
+    std::fclose(f);
+    return true;
+  }
+
+ private:
+  std::vector<std::string> rows_;
+};
+
+}  // namespace cox::bench
