@@ -176,4 +176,27 @@ Log Log::decode(Reader& r) {
   return l;
 }
 
+void validate(const FrameView& f) {
+  switch (f.type) {
+    case MsgType::kHello: decode<Hello>(f); return;
+    case MsgType::kHelloReply: decode<HelloReply>(f); return;
+    case MsgType::kWelcome: decode<Welcome>(f); return;
+    case MsgType::kReject: decode<Reject>(f); return;
+    case MsgType::kHeartbeat: decode<Heartbeat>(f); return;
+    case MsgType::kSync: decode<Sync>(f); return;
+    case MsgType::kShutdown: decode<Shutdown>(f); return;
+    case MsgType::kEcho: decode<Echo>(f); return;
+    case MsgType::kSeq: decode<Seq>(f); return;
+    case MsgType::kRaise: decode<Raise>(f); return;
+    case MsgType::kExit: decode<Exit>(f); return;
+    case MsgType::kPrint: decode<Print>(f); return;
+    case MsgType::kSleep: decode<Sleep>(f); return;
+    case MsgType::kSyncDone: decode<SyncDone>(f); return;
+    case MsgType::kEchoReply: decode<EchoReply>(f); return;
+    case MsgType::kError: decode<Error>(f); return;
+    case MsgType::kLog: decode<Log>(f); return;
+  }
+  throw ProtocolError(fmt::format("unknown message type {}", static_cast<unsigned>(f.type)));
+}
+
 }  // namespace cox::wire

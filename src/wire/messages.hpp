@@ -275,4 +275,8 @@ M decode(const FrameView& f) {
   return m;
 }
 
+// Decodes a frame as whatever its type says, discarding the result: throws
+// ProtocolError exactly when a receiver of that type would.
+void validate(const FrameView& f);
+
 }  // namespace cox::wire
