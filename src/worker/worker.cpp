@@ -10,8 +10,10 @@
 
 #include <asio/io_context.hpp>
 #include <asio/post.hpp>
+#include <asio/posix/stream_descriptor.hpp>
 #include <asio/steady_timer.hpp>
 
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -31,6 +33,7 @@
 #include <cstring>
 #include <deque>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 namespace cox::worker {
@@ -39,10 +42,15 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
+// Where fatal messages go: stderr, or the original stderr while output is
+// forwarded to the controller.
+int g_diag_fd = 2;
+
 [[noreturn]] void die(int rank, const std::string& why) {
-  std::fprintf(stderr, "cox-worker %d: %s\n", rank, why.c_str());
   std::fflush(stdout);
   std::fflush(stderr);
+  const std::string line = fmt::format("cox-worker {}: {}\n", rank, why);
+  (void)!::write(g_diag_fd, line.data(), line.size());
   std::_Exit(1);
 }
 
@@ -263,6 +271,92 @@ class StreamReader {
   std::atomic<Clock::rep> last_receive_{Clock::now().time_since_epoch().count()};
 };
 
+// Forwards this process's stdout and stderr to the controller as Log
+// messages, line by line, for workers whose output the controller does not
+// pipe itself (attached ones). Each line also still goes where it went
+// before, for the launcher's own logs.
+class OutputForwarder {
+ public:
+  OutputForwarder(asio::io_context& io, transport::Channel& channel)
+      : channel_(channel), streams_{Stream(io, 1, wire::Stream::kStdout), Stream(io, 2, wire::Stream::kStderr)} {}
+
+  void start() {
+    open_ = static_cast<int>(streams_.size());
+    for (auto& st : streams_) {
+      int fds[2];
+      if (::pipe2(fds, O_CLOEXEC) != 0) throw Error(std::string("pipe2 failed: ") + std::strerror(errno));
+      st.saved = ::fcntl(st.fd, F_DUPFD_CLOEXEC, 3);
+      std::fflush(st.fd == 1 ? stdout : stderr);
+      ::dup2(fds[1], st.fd);
+      ::close(fds[1]);
+      st.pipe.assign(fds[0]);
+      read(st);
+    }
+    g_diag_fd = streams_[1].saved;
+  }
+
+  // Puts stdout and stderr back and sends what is left (I/O thread must run).
+  void finish(milliseconds timeout) {
+    std::fflush(stdout);
+    std::fflush(stderr);
+    for (auto& st : streams_) ::dup2(st.saved, st.fd);  // closes the pipes' write ends: EOF
+    g_diag_fd = 2;
+    std::unique_lock<std::mutex> lk(mu_);
+    cv_.wait_for(lk, timeout, [&] { return open_ == 0; });
+  }
+
+ private:
+  struct Stream {
+    Stream(asio::io_context& io, int fd, wire::Stream kind) : fd(fd), kind(kind), pipe(io) {}
+    int fd;
+    wire::Stream kind;
+    int saved = -1;
+    asio::posix::stream_descriptor pipe;
+    std::array<char, 4096> buf{};
+    std::string partial;
+  };
+
+  void read(Stream& st) {
+    st.pipe.async_read_some(asio::buffer(st.buf), [this, &st](const std::error_code& ec, size_t n) {
+      if (n) {
+        (void)!::write(st.saved, st.buf.data(), n);
+        st.partial.append(st.buf.data(), n);
+        size_t start = 0;
+        for (size_t nl; (nl = st.partial.find('\n', start)) != std::string::npos; start = nl + 1) {
+          send(st, std::string_view(st.partial).substr(start, nl - start));
+        }
+        st.partial.erase(0, start);
+      }
+      if (ec) {
+        if (!st.partial.empty()) send(st, st.partial);
+        st.partial.clear();
+        std::error_code ignored;
+        st.pipe.close(ignored);
+        std::lock_guard<std::mutex> lk(mu_);
+        --open_;
+        cv_.notify_all();
+        return;
+      }
+      read(st);
+    });
+  }
+  void send(Stream& st, std::string_view line) {
+    wire::Log log;
+    log.stream = st.kind;
+    log.line = std::string(line);
+    frame_.clear();
+    wire::encode_frame(log, frame_);
+    channel_.send(frame_);
+  }
+
+  transport::Channel& channel_;
+  std::array<Stream, 2> streams_;
+  std::vector<uint8_t> frame_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int open_ = 0;
+};
+
 // Write failures on the channel mean the controller is gone.
 struct WriteSide final : transport::Channel::Handler {
   explicit WriteSide(int rank) : rank(rank) {}
@@ -398,6 +492,14 @@ int run_worker(const WorkerOptions& o) {
     });
   };
   beat();
+  // Attached workers send their output to the controller; a local one's
+  // output reaches it through the pipes its controller made.
+  const bool forward_output = !std::getenv("COX_PARENT_PID") || !*std::getenv("COX_PARENT_PID");
+  std::optional<OutputForwarder> forwarder;
+  if (forward_output) {
+    forwarder.emplace(io, *channel);
+    forwarder->start();
+  }
   std::thread io_thread([&] {
     pthread_setname_np(pthread_self(), ("cox-w" + std::to_string(o.rank) + "-io").substr(0, 15).c_str());
     io.run();
@@ -414,6 +516,7 @@ int run_worker(const WorkerOptions& o) {
   }
   if (!shut_down) die(o.rank, "lost the controller: connection closed");
   write_side.stopping.store(true);
+  if (forwarder) forwarder->finish(milliseconds(1000));
   // Everything answered so far reaches the controller before we go.
   channel->flush_blocking(milliseconds(2000));
   asio::post(io, [&] {

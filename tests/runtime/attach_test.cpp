@@ -43,18 +43,29 @@ TEST_CASE("workers attach over TCP with the token from the environment", "[attac
     REQUIRE(info.token.size() == 64);
     for (int r = 0; r < 2; ++r) procs.push_back(start_worker(endpoint(info), r, {{"COX_TOKEN", info.token}}));
   };
+  CapturedOutput out;
+  opts.output_sink = out.sink();
   {
     Controller ctl = Controller::attach(opts);
     REQUIRE(ctl.worker_pid(0) == -1);
     ctl.sync();
     REQUIRE(ctl.ping(1) > std::chrono::nanoseconds(0));
+    // An attached worker's output travels to the controller over its connection.
+    post(ctl, 1, wire::Print{wire::Stream::kStderr, "from an attached worker"});
+    post(ctl, 0, wire::Print{wire::Stream::kStdout, "last words before shutdown"});
+    ctl.sync();
+    REQUIRE(eventually([&] { return out.has(1, OutputStream::kStderr, "from an attached worker"); }));
     ctl.shutdown();
   }
+  // Output written just before shutdown still arrives.
+  REQUIRE(out.has(0, OutputStream::kStdout, "last words before shutdown"));
   for (auto& p : procs) {
     p.finish();
     INFO(p.err);
     REQUIRE(p.exited_with(0));
   }
+  // And still goes to the worker's own stderr, for the launcher's logs.
+  REQUIRE_THAT(procs[1].err, Catch::Contains("from an attached worker"));
 }
 
 TEST_CASE("a worker reads its token from a 0600 file, and refuses a readable one", "[attach]") {
