@@ -127,9 +127,8 @@ std::vector<uint8_t> raw_frame(uint8_t type, uint64_t payload) {
   return f;
 }
 
-double raw_round_trip_us(RawPeers& peers, int iters) {
+void raw_round_trips(RawPeers& peers, int iters, std::vector<double>& us) {
   auto& s = peers.sockets[0];
-  std::vector<double> us;
   uint8_t reply[13];
   for (int i = 0; i < iters; ++i) {
     auto f = raw_frame(kRawEcho, static_cast<uint64_t>(i));
@@ -138,7 +137,6 @@ double raw_round_trip_us(RawPeers& peers, int iters) {
     asio::read(s, asio::buffer(reply));
     us.push_back(seconds_since(t0) * 1e6);
   }
-  return stats(us).median;
 }
 
 double raw_stream_msgs_per_s(RawPeers& peers, uint64_t n) {
@@ -166,10 +164,8 @@ double raw_stream_msgs_per_s(RawPeers& peers, uint64_t n) {
 
 // --- Coxswain ----------------------------------------------------------------
 
-double cox_round_trip_us(Controller& ctl, int iters) {
-  std::vector<double> us;
+void cox_round_trips(Controller& ctl, int iters, std::vector<double>& us) {
   for (int i = 0; i < iters; ++i) us.push_back(std::chrono::duration<double, std::micro>(ctl.ping(0)).count());
-  return stats(us).median;
 }
 
 double cox_stream_msgs_per_s(Controller& ctl, uint64_t n, uint64_t first) {
@@ -211,11 +207,19 @@ int main(int argc, char** argv) {
     Controller ctl = Controller::local(opts);
     RawPeers raw(workers);
 
-    // Warm up both, then alternate so that drift hits both alike.
-    cox_round_trip_us(ctl, 200);
-    raw_round_trip_us(raw, 200);
-    const double rt_raw = raw_round_trip_us(raw, rt_iters);
-    const double rt_cox = cox_round_trip_us(ctl, rt_iters);
+    // Warm up both, then alternate in rounds so that drift in the machine's
+    // load hits both alike; report the medians.
+    std::vector<double> raw_us, cox_us;
+    cox_round_trips(ctl, 200, cox_us);
+    raw_round_trips(raw, 200, raw_us);
+    raw_us.clear();
+    cox_us.clear();
+    for (int round = 0; round < 20; ++round) {
+      raw_round_trips(raw, rt_iters / 20, raw_us);
+      cox_round_trips(ctl, rt_iters / 20, cox_us);
+    }
+    const double rt_raw = stats(raw_us).median;
+    const double rt_cox = stats(cox_us).median;
     std::printf("%-10s %8d %11.1f us %11.1f us %8.2f\n", "roundtrip", workers, rt_cox, rt_raw, rt_cox / rt_raw);
     rows.add({{"test", "roundtrip"}}, {{"workers", workers}, {"coxswain_us", rt_cox}, {"raw_us", rt_raw},
                                        {"ratio", rt_cox / rt_raw}});

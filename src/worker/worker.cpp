@@ -247,7 +247,11 @@ class StreamReader {
   bool fill() {
     if (have_ == buf_.size()) buf_.resize(buf_.size() * 2);
     for (;;) {
+      // The socket is normally blocking (nothing puts it in non-blocking
+      // mode unless a write backs up), so this read is the whole wait.
+      idle_.store(true, std::memory_order_relaxed);
       ssize_t n = ::read(fd_, buf_.data() + have_, buf_.size() - have_);
+      idle_.store(false, std::memory_order_relaxed);
       if (n > 0) {
         have_ += static_cast<size_t>(n);
         last_receive_.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed);
@@ -487,7 +491,9 @@ int run_worker(const WorkerOptions& o) {
       if (reader.idle() && silent > hb_timeout) {
         die(o.rank, fmt::format("no message from the controller for {} ms", silent.count()));
       }
-      channel->send(hb_frame);
+      // Written directly, not through an asynchronous write, which would
+      // switch the socket to non-blocking mode under the executor's reads.
+      channel->send_now(hb_frame);
       beat();
     });
   };

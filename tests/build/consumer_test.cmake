@@ -1,5 +1,7 @@
 # Builds and runs tests/build/consumer against Coxswain three ways.
-# Inputs: COX_SOURCE_DIR, COX_BINARY_DIR, WORK_DIR, GENERATOR, PREFIX_PATH ('|'-separated).
+# Inputs: COX_SOURCE_DIR, COX_BINARY_DIR, WORK_DIR, GENERATOR, PREFIX_PATH ('|'-separated),
+# COX_OPTIONS ('|'-separated -D options for the embedded build).
+string(REPLACE "|" ";" COX_OPTIONS "${COX_OPTIONS}")
 string(REPLACE "|" ";" prefix_path "${PREFIX_PATH}")
 set(consumer_src "${COX_SOURCE_DIR}/tests/build/consumer")
 file(REMOVE_RECURSE "${WORK_DIR}")
@@ -36,4 +38,5 @@ list(POP_FRONT prefix_path)
 # 2. find_package from the build tree.
 consume(build-tree "-Dcoxswain_DIR=${COX_BINARY_DIR}")
 # 3. add_subdirectory of the source tree.
-consume(subdirectory "-DCOX_SOURCE_DIR=${COX_SOURCE_DIR}")
+# The embedded build gets the options this build was configured with.
+consume(subdirectory "-DCOX_SOURCE_DIR=${COX_SOURCE_DIR}" ${COX_OPTIONS})

@@ -8,6 +8,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <sstream>
 
 using namespace cox;
 using namespace cox::test;
@@ -320,4 +321,53 @@ TEST_CASE("malformed frames from the controller stop a worker with the reason, n
   INFO(p.err);
   REQUIRE(p.exited_with(1));
   REQUIRE_THAT(p.err, Catch::Contains("protocol error") && Catch::Contains(c.reason));
+}
+
+TEST_CASE("attached workers exit when their controller is SIGKILLed", "[attach][supervision]") {
+  // The controller runs in a child process; the workers are ours, so we see
+  // them go.
+  int fds[2];
+  REQUIRE(::pipe(fds) == 0);
+  const pid_t child = ::fork();
+  if (child == 0) {
+    ::close(fds[0]);
+    try {
+      auto opts = attach_options(2);
+      opts.on_listening = [&](const AttachInfo& info) {
+        std::string line = endpoint(info) + " " + info.token + "\n";
+        (void)!::write(fds[1], line.data(), line.size());
+      };
+      Controller ctl = Controller::attach(opts);
+      ctl.sync();
+      (void)!::write(fds[1], "ready\n", 6);
+      ::pause();
+    } catch (...) {
+    }
+    std::_Exit(1);
+  }
+  ::close(fds[1]);
+  std::string text;
+  auto read_line = [&] {
+    char c;
+    std::string line;
+    while (::read(fds[0], &c, 1) == 1 && c != '\n') line += c;
+    return line;
+  };
+  std::istringstream first(read_line());
+  std::string ep, token;
+  first >> ep >> token;
+  std::vector<Proc> procs;
+  for (int r = 0; r < 2; ++r) procs.push_back(start_worker(ep, r, {{"COX_TOKEN", token}}));
+  REQUIRE(read_line() == "ready");
+  ::close(fds[0]);
+  REQUIRE(::kill(child, SIGKILL) == 0);
+  ::waitpid(child, nullptr, 0);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (auto& p : procs) {
+    p.finish(5000ms);
+    INFO(p.err);
+    REQUIRE(p.exited_with(1));
+    REQUIRE_THAT(p.err, Catch::Contains("lost the controller"));
+  }
+  REQUIRE(std::chrono::steady_clock::now() - t0 < 5s);
 }
