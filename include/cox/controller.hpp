@@ -32,6 +32,8 @@
 
 namespace cox {
 
+class DeviceMesh;  // <cox/tensor.hpp>
+
 enum class OutputStream { kStdout, kStderr };
 
 // Receives each line a worker writes, with its rank. Called on the
@@ -95,6 +97,10 @@ class COX_API Controller {
   ~Controller();
 
   int size() const noexcept;
+
+  // A mesh over all workers, row-major over ranks: mesh({{"dp", 2}, {"tp", 4}}).
+  // (Defined with the tensor API: include <cox/tensor.hpp>.)
+  DeviceMesh mesh(const std::vector<std::pair<std::string, int64_t>>& dims);
 
   // Returns once every worker has processed everything sent to it before
   // this call. Throws cox::WorkerLost if a worker is gone, the first

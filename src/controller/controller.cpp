@@ -234,6 +234,7 @@ void Controller::Impl::shutdown() {
     shut_down_ = true;
     shutting_down_ = true;
   }
+  if (engine_) tensor::detach_engine(*engine_);
   if (io_thread_.joinable()) {
     // Ask every live worker to finish its stream and exit.
     std::vector<uint8_t> bye = wire::encode_frame(wire::Shutdown{});
@@ -585,6 +586,13 @@ void Controller::Impl::on_frames(Worker& w, const uint8_t* data, size_t n) {
         wake = true;
         break;
       }
+      case wire::MsgType::kReply: {
+        auto m = wire::decode<wire::Reply>(f);
+        std::lock_guard<std::mutex> lk(mu_);
+        replies_[m.request] = std::move(m);
+        wake = true;
+        break;
+      }
       case wire::MsgType::kLog: {
         auto m = wire::decode<wire::Log>(f);
         const bool err = m.stream == wire::Stream::kStderr;
@@ -719,29 +727,49 @@ void Controller::Impl::rethrow_first_error(std::unique_lock<std::mutex>&) {
 }
 
 void Controller::Impl::sync(std::optional<milliseconds> timeout) {
+  std::vector<int> all(static_cast<size_t>(size()));
+  for (int r = 0; r < size(); ++r) all[static_cast<size_t>(r)] = r;
+  sync_ranks(all, timeout);
+}
+
+void Controller::Impl::post_now(int rank, const std::vector<uint8_t>& bytes) {
+  Worker& w = worker(rank);
+  if (w.lost_flag.load(std::memory_order_relaxed)) throw_lost(rank);
+  w.channel->send_now(bytes);
+}
+
+void Controller::Impl::sync_ranks(const std::vector<int>& ranks, std::optional<milliseconds> timeout) {
   const uint64_t id = ++next_id_;
   const auto frame = wire::encode_frame(wire::Sync{id});
-  for (int r = 0; r < size(); ++r) {
-    Worker& w = *workers_[static_cast<size_t>(r)];
-    if (w.lost_flag.load(std::memory_order_relaxed)) throw_lost(r);
-    w.channel->send_now(frame);
-  }
+  for (int r : ranks) post_now(r, frame);
   std::unique_lock<std::mutex> lk(mu_);
   auto done = [&] {
-    for (auto& w : workers_) {
-      if (w->synced < id) return false;
+    for (int r : ranks) {
+      if (workers_[static_cast<size_t>(r)]->synced < id) return false;
     }
     return true;
   };
-  if (!wait_for(lk, timeout, {}, done)) {
+  if (!wait_for(lk, timeout, ranks, done)) {
     std::vector<int> behind;
-    for (auto& w : workers_) {
-      if (w->synced < id) behind.push_back(w->rank);
+    for (int r : ranks) {
+      if (workers_[static_cast<size_t>(r)]->synced < id) behind.push_back(r);
     }
     throw Timeout(fmt::format("sync: worker{} [{}] did not finish within {} ms", behind.size() == 1 ? "" : "s",
                               fmt::join(behind, ", "), timeout->count()));
   }
   rethrow_first_error(lk);
+}
+
+wire::Reply Controller::Impl::wait_reply(int rank, uint64_t request, std::optional<milliseconds> timeout) {
+  worker(rank);
+  std::unique_lock<std::mutex> lk(mu_);
+  if (!wait_for(lk, timeout, {rank}, [&] { return replies_.count(request) != 0; })) {
+    throw Timeout(fmt::format("worker {} did not answer request {} within {} ms", rank, request, timeout->count()));
+  }
+  auto it = replies_.find(request);
+  wire::Reply r = std::move(it->second);
+  replies_.erase(it);
+  return r;
 }
 
 std::chrono::nanoseconds Controller::Impl::ping(int rank, std::optional<milliseconds> timeout) {

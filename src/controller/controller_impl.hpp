@@ -25,8 +25,14 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <unordered_map>
 
 namespace cox {
+namespace tensor {
+class Engine;
+// Cuts an engine off its controller (tensor/engine.cpp).
+void detach_engine(Engine& engine);
+}
 
 class Controller::Impl {
  public:
@@ -54,7 +60,21 @@ class Controller::Impl {
     for (int r = 0; r < size(); ++r) post(r, bytes.data(), bytes.size());
   }
 
+  // Like post(), but written at once when the stream is idle: for messages
+  // someone is about to wait on.
+  void post_now(int rank, const std::vector<uint8_t>& bytes);
+
   void sync(std::optional<std::chrono::milliseconds> timeout);
+  // Waits until every worker in `ranks` has processed everything sent to it.
+  void sync_ranks(const std::vector<int>& ranks, std::optional<std::chrono::milliseconds> timeout);
+
+  // Requests and replies: a fresh id to put in a request, and the worker's
+  // reply to it (throws WorkerLost or Timeout).
+  uint64_t new_request_id() { return ++next_id_; }
+  wire::Reply wait_reply(int rank, uint64_t request, std::optional<std::chrono::milliseconds> timeout);
+
+  // The tensor engine of this controller, created on first use.
+  std::shared_ptr<tensor::Engine> engine();
   std::chrono::nanoseconds ping(int rank, std::optional<std::chrono::milliseconds> timeout);
 
   int64_t worker_pid(int rank) const;
@@ -125,6 +145,8 @@ class Controller::Impl {
   bool shutting_down_ = false;
   bool shut_down_ = false;
   std::exception_ptr first_error_;  // first RemoteError since the last sync
+  std::unordered_map<uint64_t, wire::Reply> replies_;
+  std::shared_ptr<tensor::Engine> engine_;
   std::vector<std::string> rejected_;
   std::atomic<uint64_t> next_id_{0};
   // Bumped by the I/O thread after every change a waiter may wait for, so

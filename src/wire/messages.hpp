@@ -41,12 +41,44 @@ enum class MsgType : uint8_t {
   kPrint = 17,      // write a line to stdout or stderr (tests output capture)
   kSleep = 18,      // block the stream for a while (tests waits and deadlines)
 
+  // Controller -> worker: the tensor engine (tensor/engine, worker/tensors)
+  kDefineOp = 40,     // op id -> aten name and overload
+  kOp = 41,           // run an op: op id, boxed arguments, output ids
+  kFree = 42,         // forget tensor ids
+  kFetch = 43,        // reply with a tensor's value
+  kPut = 44,          // store a tensor sent by the controller
+  kSeed = 45,         // seed the random generators
+  kBackward = 46,     // autograd backward from a tensor
+  kGrad = 47,         // store a tensor's .grad() under a new id
+  kGradMode = 48,     // enable or disable gradient recording
+  kLoadLibrary = 49,  // load a library of remote functions; reply when done
+  kCallRemote = 50,   // call a remote function
+  kStats = 51,        // reply with the number of live tensors
+
   // Worker -> controller
   kSyncDone = 30,
   kEchoReply = 31,
   kError = 32,  // an operation failed: which one and why
   kLog = 33,    // a line of output, from workers whose output is not piped
+  kReply = 60,  // the answer to a request (fetch, metadata, stats...)
 };
+
+// Boxed arguments of an op, as they travel (tensor/args).
+enum class ArgTag : uint8_t {
+  kNone = 0,
+  kTensor = 1,      // u64 id
+  kTensorList = 2,  // u16 n, u64 ids
+  kInt = 3,         // i64
+  kDouble = 4,      // f64
+  kBool = 5,        // u8
+  kIntList = 6,     // u16 n, i64...
+  kScalarType = 7,  // u8
+  kString = 8,      // string
+  kDevice = 9,      // (none): the worker's own device
+  kLayout = 10,     // u8
+  kMemoryFormat = 11,  // u8
+};
+constexpr uint8_t kMaxArgTag = 11;
 
 const char* to_string(MsgType t) noexcept;
 bool is_known_type(uint8_t t) noexcept;
@@ -224,6 +256,135 @@ struct Sleep {
 };
 
 enum class Stream : uint8_t { kStdout = 1, kStderr = 2 };
+
+// Skips one encoded argument, checking its layout.
+void skip_arg(Reader& r);
+
+struct DefineOp {
+  static constexpr MsgType kType = MsgType::kDefineOp;
+  uint32_t op = 0;
+  std::string name, overload;
+  void encode(Writer& w) const;
+  static DefineOp decode(Reader& r);
+};
+
+// kOp has no struct: the engine writes it field by field and the worker
+// reads it straight onto a boxed stack. Layout: u32 op, u16 nargs, args,
+// u16 nout, u64 ids (0 for an output that is an input written in place),
+// u64 meta_request (0: none), i32 reporter (the rank that answers it).
+void validate_op(Reader& r);
+
+struct Free {
+  static constexpr MsgType kType = MsgType::kFree;
+  std::vector<uint64_t> ids;
+  void encode(Writer& w) const;
+  static Free decode(Reader& r);
+};
+
+struct Fetch {
+  static constexpr MsgType kType = MsgType::kFetch;
+  uint64_t request = 0;
+  uint64_t id = 0;
+  void encode(Writer& w) const { w.put(request); w.put(id); }
+  static Fetch decode(Reader& r) {
+    Fetch f;
+    f.request = r.get<uint64_t>("fetch.request");
+    f.id = r.get<uint64_t>("fetch.id");
+    return f;
+  }
+};
+
+struct Put {
+  static constexpr MsgType kType = MsgType::kPut;
+  uint64_t id = 0;
+  uint8_t dtype = 0;
+  bool requires_grad = false;
+  std::vector<int64_t> sizes;
+  std::string data;  // contiguous, row-major
+  void encode(Writer& w) const;
+  static Put decode(Reader& r);
+};
+
+struct Seed {
+  static constexpr MsgType kType = MsgType::kSeed;
+  uint64_t seed = 0;
+  bool per_rank = false;
+  void encode(Writer& w) const { w.put(seed); w.put<uint8_t>(per_rank); }
+  static Seed decode(Reader& r) {
+    Seed s;
+    s.seed = r.get<uint64_t>("seed.seed");
+    s.per_rank = r.get<uint8_t>("seed.per_rank") != 0;
+    return s;
+  }
+};
+
+struct Backward {
+  static constexpr MsgType kType = MsgType::kBackward;
+  uint64_t id = 0;
+  void encode(Writer& w) const { w.put(id); }
+  static Backward decode(Reader& r) { return {r.get<uint64_t>("backward.id")}; }
+};
+
+struct Grad {
+  static constexpr MsgType kType = MsgType::kGrad;
+  uint64_t id = 0, out = 0;
+  void encode(Writer& w) const { w.put(id); w.put(out); }
+  static Grad decode(Reader& r) {
+    Grad g;
+    g.id = r.get<uint64_t>("grad.id");
+    g.out = r.get<uint64_t>("grad.out");
+    return g;
+  }
+};
+
+struct GradMode {
+  static constexpr MsgType kType = MsgType::kGradMode;
+  bool enabled = true;
+  void encode(Writer& w) const { w.put<uint8_t>(enabled); }
+  static GradMode decode(Reader& r) { return {r.get<uint8_t>("grad_mode.enabled") != 0}; }
+};
+
+struct LoadLibrary {
+  static constexpr MsgType kType = MsgType::kLoadLibrary;
+  uint64_t request = 0;
+  std::string path;
+  void encode(Writer& w) const { w.put(request); w.put_string(path); }
+  static LoadLibrary decode(Reader& r) {
+    LoadLibrary l;
+    l.request = r.get<uint64_t>("load_library.request");
+    l.path = r.get_string("load_library.path");
+    return l;
+  }
+};
+
+struct CallRemote {
+  static constexpr MsgType kType = MsgType::kCallRemote;
+  std::string name;
+  std::vector<uint64_t> inputs;
+  std::vector<double> scalars;
+  uint64_t out_base = 0;  // outputs get ids out_base, out_base+1, ...
+  uint32_t max_outputs = 0;
+  uint64_t meta_request = 0;
+  int32_t reporter = -1;
+  void encode(Writer& w) const;
+  static CallRemote decode(Reader& r);
+};
+
+struct Stats {
+  static constexpr MsgType kType = MsgType::kStats;
+  uint64_t request = 0;
+  void encode(Writer& w) const { w.put(request); }
+  static Stats decode(Reader& r) { return {r.get<uint64_t>("stats.request")}; }
+};
+
+struct Reply {
+  static constexpr MsgType kType = MsgType::kReply;
+  uint64_t request = 0;
+  bool ok = true;
+  std::string payload;  // the answer, or the error message
+  void encode(Writer& w) const;
+  static Reply decode(Reader& r);
+};
 
 struct Print {
   static constexpr MsgType kType = MsgType::kPrint;

@@ -3,6 +3,8 @@
 // them in order.
 #include "worker/worker.hpp"
 
+#include "worker/tensors.hpp"
+
 #include "common/check.hpp"
 #include "transport/auth.hpp"
 #include "transport/channel.hpp"
@@ -374,7 +376,8 @@ struct WriteSide final : transport::Channel::Handler {
 
 class Executor {
  public:
-  Executor(int rank, transport::Channel& out) : rank_(rank), out_(out) {}
+  Executor(int rank, transport::Channel& out)
+      : rank_(rank), out_(out), tensors_(rank, at::Device(at::kCPU), [this](const wire::Reply& r) { reply_now(r); }) {}
 
   // Runs one frame; returns false on shutdown.
   bool run(const wire::FrameView& f) {
@@ -417,6 +420,42 @@ class Executor {
         std::fflush(file);
         return true;
       }
+      case wire::MsgType::kOp:
+        tensors_.run_op(f);
+        return true;
+      case wire::MsgType::kDefineOp:
+        tensors_.define_op(wire::decode<wire::DefineOp>(f));
+        return true;
+      case wire::MsgType::kFree:
+        tensors_.free(wire::decode<wire::Free>(f));
+        return true;
+      case wire::MsgType::kFetch:
+        tensors_.fetch(wire::decode<wire::Fetch>(f));
+        return true;
+      case wire::MsgType::kPut:
+        tensors_.put(wire::decode<wire::Put>(f));
+        return true;
+      case wire::MsgType::kSeed:
+        tensors_.seed(wire::decode<wire::Seed>(f));
+        return true;
+      case wire::MsgType::kBackward:
+        if (auto err = tensors_.backward(wire::decode<wire::Backward>(f))) report("backward", *err);
+        return true;
+      case wire::MsgType::kGrad:
+        tensors_.grad(wire::decode<wire::Grad>(f));
+        return true;
+      case wire::MsgType::kGradMode:
+        tensors_.grad_mode(wire::decode<wire::GradMode>(f));
+        return true;
+      case wire::MsgType::kLoadLibrary:
+        tensors_.load_library(wire::decode<wire::LoadLibrary>(f));
+        return true;
+      case wire::MsgType::kCallRemote:
+        tensors_.call_remote(wire::decode<wire::CallRemote>(f));
+        return true;
+      case wire::MsgType::kStats:
+        tensors_.stats(wire::decode<wire::Stats>(f));
+        return true;
       case wire::MsgType::kSleep:
         std::this_thread::sleep_for(milliseconds(wire::decode<wire::Sleep>(f).ms));
         return true;
@@ -446,6 +485,7 @@ class Executor {
   std::vector<uint8_t> buf_;
   uint64_t index_ = 0;
   uint64_t next_seq_ = 0;
+  Tensors tensors_;
 };
 
 }  // namespace

@@ -1,0 +1,300 @@
+// Remote tensors on a device mesh.
+//
+//   cox::Controller ctl = cox::Controller::local({.workers = 4});
+//   cox::DeviceMesh mesh = ctl.mesh({{"dp", 2}, {"tp", 2}});
+//   cox::Tensor w = cox::randn(mesh, {16, 16}, {.requires_grad = true});
+//   cox::Tensor y = cox::relu(cox::randn(mesh, {8, 16}).matmul(w)) + 1.0;
+//   y.pow(2).mean().backward();
+//   at::Tensor g = w.grad().fetch({{"dp", 1}, {"tp", 0}}).get();
+//
+// A cox::Tensor is a handle: an id, its mesh, and its metadata (sizes, dtype),
+// known on the controller at once because every op runs on meta tensors
+// first (or, for ops without a meta kernel, learned from a worker once per
+// signature). Each worker of the mesh holds one shard under that id. Ops on a
+// mesh run on its workers only, in the order the controller issued them. A
+// failing op does not kill its workers: its outputs become error values, ops
+// that read them become errors too, and fetching one throws cox::RemoteError.
+#pragma once
+
+#include <cox/controller.hpp>
+#include <cox/export.hpp>
+#include <cox/shape.hpp>
+
+#include <ATen/core/Tensor.h>
+
+#include <chrono>
+#include <cstdint>
+#include <initializer_list>
+#include <memory>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace cox {
+
+class Tensor;
+namespace tensor {
+class Engine;
+struct MeshInfo;
+struct TensorImpl;
+}  // namespace tensor
+
+// A controller plus a Shape over its workers. Cheap to copy.
+class COX_API DeviceMesh {
+ public:
+  const Shape& shape() const noexcept;
+  int64_t size() const noexcept { return shape().size(); }
+  int64_t size(std::string_view dim) const { return shape().size(dim); }
+  std::vector<int64_t> ranks() const { return shape().ranks(); }
+
+  DeviceMesh slice(std::string_view dim, int64_t index) const;
+  DeviceMesh slice(std::string_view dim, int64_t begin, int64_t end, int64_t step = 1) const;
+  DeviceMesh slice(const NamedCoord& indices) const;
+  DeviceMesh split(std::string_view dim, const std::vector<std::string>& names,
+                   const std::vector<int64_t>& sizes) const;
+  DeviceMesh rename(std::string_view from, std::string_view to) const;
+  DeviceMesh flatten(std::string_view name) const;
+
+  // Waits until every worker of this mesh has run everything issued so far.
+  void sync(std::optional<std::chrono::milliseconds> timeout = std::nullopt) const;
+
+  // Seeds the random generators of this mesh's workers: the same values on
+  // every worker, or (per_rank) different ones per rank.
+  void manual_seed(uint64_t seed, bool per_rank = false) const;
+
+  // Loads a shared library of remote functions (COX_REMOTE_FUNCTION) into
+  // every worker of this mesh.
+  void load_library(const std::string& path) const;
+
+  // Live tensors on one worker of this mesh (by coordinate): for tests and
+  // leak hunting.
+  int64_t live_tensors(const NamedCoord& coord) const;
+
+  bool operator==(const DeviceMesh& o) const noexcept;
+  bool operator!=(const DeviceMesh& o) const noexcept { return !(*this == o); }
+
+  // Internal.
+  DeviceMesh(std::shared_ptr<tensor::Engine> engine, std::shared_ptr<const tensor::MeshInfo> info);
+  const std::shared_ptr<tensor::Engine>& engine() const noexcept { return engine_; }
+  const std::shared_ptr<const tensor::MeshInfo>& info() const noexcept { return info_; }
+
+ private:
+  DeviceMesh with(Shape s) const;
+  std::shared_ptr<tensor::Engine> engine_;
+  std::shared_ptr<const tensor::MeshInfo> info_;
+};
+
+// A fetched shard, on its way.
+class COX_API TensorFuture {
+ public:
+  // The shard as a CPU tensor. Throws RemoteError for an error value,
+  // WorkerLost, or Timeout when `timeout` passes first.
+  at::Tensor get(std::optional<std::chrono::milliseconds> timeout = std::nullopt);
+
+  TensorFuture(std::shared_ptr<tensor::Engine> engine, uint64_t request, int rank);
+
+ private:
+  std::shared_ptr<tensor::Engine> engine_;
+  uint64_t request_;
+  int rank_;
+  std::optional<at::Tensor> value_;
+};
+
+struct TensorOptions {
+  std::optional<at::ScalarType> dtype;  // default: float32
+  bool requires_grad = false;
+};
+
+// One boxed argument of an aten op.
+class COX_API Arg {
+ public:
+  Arg(std::nullopt_t) : v_(None{}) {}
+  Arg(const Tensor& t);
+  Arg(std::vector<Tensor> ts);
+  Arg(int v) : v_(static_cast<int64_t>(v)) {}
+  Arg(int64_t v) : v_(v) {}
+  Arg(double v) : v_(v) {}
+  Arg(bool v) : v_(v) {}
+  Arg(std::vector<int64_t> v) : v_(std::move(v)) {}
+  Arg(std::initializer_list<int64_t> v) : v_(std::vector<int64_t>(v)) {}
+  Arg(at::ScalarType v) : v_(v) {}
+  Arg(std::string v) : v_(std::move(v)) {}
+  Arg(const char* v) : v_(std::string(v)) {}
+
+  struct None {};
+  using Value = std::variant<None, std::shared_ptr<tensor::TensorImpl>, std::vector<std::shared_ptr<tensor::TensorImpl>>,
+                             int64_t, double, bool, std::vector<int64_t>, at::ScalarType, std::string>;
+  const Value& value() const noexcept { return v_; }
+
+ private:
+  Value v_;
+};
+
+class COX_API Tensor {
+ public:
+  Tensor() = default;
+
+  bool defined() const noexcept { return impl_ != nullptr; }
+  const DeviceMesh& mesh() const;
+  // Metadata, known on the controller (for ops without a meta kernel the
+  // first use may wait for a worker's report).
+  std::vector<int64_t> sizes() const;
+  int64_t size(int64_t dim) const;
+  int64_t dim() const;
+  int64_t numel() const;
+  at::ScalarType dtype() const;
+  bool requires_grad() const;
+  // The meta tensor describing each shard (sizes, strides, dtype).
+  at::Tensor meta() const;
+
+  // The shard at `coord` of the mesh, as a CPU tensor.
+  TensorFuture fetch(const NamedCoord& coord) const;
+  TensorFuture fetch(const Coord& coord) const;
+  // Every shard, in row-major order of the mesh's coordinates.
+  std::vector<at::Tensor> fetch_all(std::optional<std::chrono::milliseconds> timeout = std::nullopt) const;
+  // The value of a one-element tensor from the mesh's first worker.
+  template <class T>
+  T item() const;
+
+  // Autograd, run on the workers.
+  void backward() const;
+  Tensor grad() const;
+  Tensor& requires_grad_(bool requires = true);
+  Tensor detach() const;
+
+  // Arithmetic.
+  Tensor add(const Tensor& o, double alpha = 1) const;
+  Tensor sub(const Tensor& o, double alpha = 1) const;
+  Tensor mul(const Tensor& o) const;
+  Tensor div(const Tensor& o) const;
+  Tensor add(double s) const;
+  Tensor mul(double s) const;
+  Tensor pow(double e) const;
+  Tensor neg() const;
+  Tensor exp() const;
+  Tensor log() const;
+  Tensor sqrt() const;
+  Tensor abs() const;
+  Tensor matmul(const Tensor& o) const;
+  Tensor mm(const Tensor& o) const;
+  Tensor bmm(const Tensor& o) const;
+  // Reductions.
+  Tensor sum() const;
+  Tensor sum(std::vector<int64_t> dims, bool keepdim = false) const;
+  Tensor mean() const;
+  Tensor mean(std::vector<int64_t> dims, bool keepdim = false) const;
+  Tensor max() const;
+  // max over a dim: (values, indices).
+  std::pair<Tensor, Tensor> max(int64_t dim, bool keepdim = false) const;
+  Tensor argmax(int64_t dim, bool keepdim = false) const;
+  // Shapes and views (aliasing as in libtorch).
+  Tensor view(std::vector<int64_t> sizes) const;
+  Tensor reshape(std::vector<int64_t> sizes) const;
+  Tensor transpose(int64_t a, int64_t b) const;
+  Tensor t() const;
+  Tensor permute(std::vector<int64_t> dims) const;
+  Tensor contiguous() const;
+  Tensor narrow(int64_t dim, int64_t start, int64_t length) const;
+  Tensor slice(int64_t dim, int64_t start, int64_t end, int64_t step = 1) const;
+  Tensor select(int64_t dim, int64_t index) const;
+  Tensor unsqueeze(int64_t dim) const;
+  Tensor squeeze(int64_t dim) const;
+  Tensor index_select(int64_t dim, const Tensor& index) const;
+  Tensor to(at::ScalarType dtype) const;
+  Tensor clone() const;
+  // In place; each returns *this.
+  Tensor& add_(const Tensor& o, double alpha = 1);
+  Tensor& add_(double s);
+  Tensor& sub_(const Tensor& o, double alpha = 1);
+  Tensor& mul_(const Tensor& o);
+  Tensor& mul_(double s);
+  Tensor& div_(double s);
+  Tensor& zero_();
+  Tensor& fill_(double v);
+  Tensor& copy_(const Tensor& src);
+
+  // Internal.
+  explicit Tensor(std::shared_ptr<tensor::TensorImpl> impl) : impl_(std::move(impl)) {}
+  const std::shared_ptr<tensor::TensorImpl>& impl() const noexcept { return impl_; }
+
+ private:
+  const tensor::TensorImpl& checked() const;
+  std::shared_ptr<tensor::TensorImpl> impl_;
+};
+
+COX_API Tensor operator+(const Tensor& a, const Tensor& b);
+COX_API Tensor operator-(const Tensor& a, const Tensor& b);
+COX_API Tensor operator*(const Tensor& a, const Tensor& b);
+COX_API Tensor operator/(const Tensor& a, const Tensor& b);
+COX_API Tensor operator+(const Tensor& a, double b);
+COX_API Tensor operator-(const Tensor& a, double b);
+COX_API Tensor operator*(const Tensor& a, double b);
+COX_API Tensor operator/(const Tensor& a, double b);
+COX_API Tensor operator*(double a, const Tensor& b);
+COX_API Tensor operator-(const Tensor& a);
+
+// Any aten op by name and overload ("" for the default overload), arguments
+// in schema order; missing trailing arguments take the schema's defaults.
+// Returns one Tensor per tensor output (a Tensor[] output contributes each).
+COX_API std::vector<Tensor> call_op(const DeviceMesh& mesh, const std::string& name, const std::string& overload,
+                                    const std::vector<Arg>& args);
+// The same, for ops that read at least one tensor (the mesh is theirs).
+COX_API std::vector<Tensor> call_op(const std::string& name, const std::string& overload, const std::vector<Arg>& args);
+
+// Creation.
+COX_API Tensor zeros(const DeviceMesh& mesh, std::vector<int64_t> sizes, TensorOptions o = {});
+COX_API Tensor ones(const DeviceMesh& mesh, std::vector<int64_t> sizes, TensorOptions o = {});
+COX_API Tensor full(const DeviceMesh& mesh, std::vector<int64_t> sizes, double value, TensorOptions o = {});
+COX_API Tensor empty(const DeviceMesh& mesh, std::vector<int64_t> sizes, TensorOptions o = {});
+COX_API Tensor rand(const DeviceMesh& mesh, std::vector<int64_t> sizes, TensorOptions o = {});
+COX_API Tensor randn(const DeviceMesh& mesh, std::vector<int64_t> sizes, TensorOptions o = {});
+COX_API Tensor arange(const DeviceMesh& mesh, int64_t end, TensorOptions o = {});
+// Each worker's index along `dim` of the mesh, as a 0-d int64 tensor.
+COX_API Tensor coordinate(const DeviceMesh& mesh, std::string_view dim);
+// A controller tensor copied to every worker of the mesh.
+COX_API Tensor from_local(const DeviceMesh& mesh, const at::Tensor& value, bool requires_grad = false);
+// A controller tensor split into equal chunks along `tensor_dim`, chunk i to
+// the workers at index i of `mesh_dim`.
+COX_API Tensor scatter(const DeviceMesh& mesh, const at::Tensor& value, int64_t tensor_dim, std::string_view mesh_dim);
+
+// Functional ops a training loop uses.
+COX_API Tensor relu(const Tensor& x);
+COX_API Tensor gelu(const Tensor& x);
+COX_API Tensor silu(const Tensor& x);
+COX_API Tensor tanh(const Tensor& x);
+COX_API Tensor sigmoid(const Tensor& x);
+COX_API Tensor softmax(const Tensor& x, int64_t dim);
+COX_API Tensor log_softmax(const Tensor& x, int64_t dim);
+COX_API Tensor cat(const std::vector<Tensor>& ts, int64_t dim = 0);
+COX_API Tensor stack(const std::vector<Tensor>& ts, int64_t dim = 0);
+COX_API Tensor embedding(const Tensor& weight, const Tensor& indices);
+COX_API Tensor layer_norm(const Tensor& x, std::vector<int64_t> normalized_shape, const Tensor& weight,
+                          const Tensor& bias, double eps = 1e-5);
+COX_API Tensor dropout(const Tensor& x, double p, bool train);
+COX_API Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
+COX_API Tensor cross_entropy(const Tensor& logits, const Tensor& target);
+COX_API Tensor nll_loss(const Tensor& log_probs, const Tensor& target);
+COX_API Tensor mse_loss(const Tensor& x, const Tensor& target);
+
+// Disables gradient recording on every worker of the controller for its
+// lifetime (for optimizer steps).
+class COX_API NoGradGuard {
+ public:
+  explicit NoGradGuard(const DeviceMesh& mesh);
+  ~NoGradGuard();
+  NoGradGuard(const NoGradGuard&) = delete;
+  NoGradGuard& operator=(const NoGradGuard&) = delete;
+
+ private:
+  DeviceMesh mesh_;
+  bool previous_;
+};
+
+// Calls a remote function (COX_REMOTE_FUNCTION in a library loaded with
+// DeviceMesh::load_library) on every worker of the mesh; returns one handle
+// per output, with metadata reported by a worker.
+COX_API std::vector<Tensor> call_remote(const DeviceMesh& mesh, const std::string& name,
+                                        const std::vector<Tensor>& inputs, const std::vector<double>& scalars = {});
+
+}  // namespace cox

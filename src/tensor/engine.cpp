@@ -1,0 +1,686 @@
+// The controller's tensor engine.
+#include "tensor/engine.hpp"
+
+#include "common/check.hpp"
+
+#include <ATen/ATen.h>
+
+#include <deque>
+
+namespace cox::tensor {
+
+using wire::ArgTag;
+using wire::Reader;
+using wire::Writer;
+
+// ---------------------------------------------------------------------------
+// Handles
+
+TensorImpl::~TensorImpl() {
+  if (mesh.engine()) mesh.engine()->release(id);
+}
+
+const Meta& TensorImpl::meta() {
+  if (known) return *known;
+  COX_INTERNAL_ASSERT(pending != nullptr, "tensor {} has neither metadata nor a pending report", id);
+  mesh.engine()->resolve(*pending);
+  std::lock_guard<std::mutex> lk(pending->mu);
+  if (!pending->error.empty()) throw RemoteError(pending->rank, pending->error_op, pending->error);
+  known = pending->metas.at(pending_index);
+  pending.reset();
+  return *known;
+}
+
+// ---------------------------------------------------------------------------
+// Op registry: one per process, like libtorch's dispatcher it indexes.
+
+namespace {
+
+struct Registry {
+  std::mutex mu;
+  std::deque<OpInfo> ops;
+  std::unordered_map<std::string, const OpInfo*> by_name;
+};
+
+Registry& registry() {
+  static Registry* r = new Registry();  // never destroyed: handles may outlive static destruction
+  return *r;
+}
+
+const c10::Type* unwrap_optional(const c10::TypePtr& t) {
+  if (auto opt = t->cast<c10::OptionalType>()) return opt->getElementType().get();
+  return t.get();
+}
+
+}  // namespace
+
+const OpInfo& intern_op(const std::string& name, const std::string& overload) {
+  Registry& reg = registry();
+  const std::string qualified = overload.empty() ? name : name + "." + overload;
+  std::lock_guard<std::mutex> lk(reg.mu);
+  if (auto it = reg.by_name.find(qualified); it != reg.by_name.end()) return *it->second;
+  auto handle = c10::Dispatcher::singleton().findSchema({name, overload});
+  COX_CHECK_ARG(handle.has_value(), "unknown op '{}' (name '{}', overload '{}')", qualified, name, overload);
+  OpInfo& op = reg.ops.emplace_back(*handle);
+  op.id = static_cast<uint32_t>(reg.ops.size());
+  op.name = name;
+  op.overload = overload;
+  op.qualified = qualified;
+  const c10::FunctionSchema& schema = handle->schema();
+  op.nargs = schema.arguments().size();
+  for (const auto& a : schema.arguments()) {
+    op.device_arg.push_back(unwrap_optional(a.type())->kind() == c10::TypeKind::DeviceObjType);
+    op.has_default.push_back(a.default_value().has_value());
+    op.defaults.push_back(a.default_value() ? *a.default_value() : c10::IValue());
+  }
+  for (const auto& ret : schema.returns()) {
+    int writes = -1;
+    if (ret.alias_info() && ret.alias_info()->isWrite()) {
+      for (size_t i = 0; i < schema.arguments().size(); ++i) {
+        const auto& ai = schema.arguments()[i].alias_info();
+        if (ai && ai->isWrite() && ai->beforeSets() == ret.alias_info()->beforeSets()) writes = static_cast<int>(i);
+      }
+    }
+    op.return_writes_arg.push_back(writes);
+    if (ret.type()->kind() == c10::TypeKind::ListType) op.returns_list = true;
+  }
+  reg.by_name.emplace(qualified, &op);
+  return op;
+}
+
+// ---------------------------------------------------------------------------
+// Engine
+
+void detach_engine(Engine& engine) { engine.detach(); }
+
+}  // namespace cox::tensor
+
+namespace cox {
+std::shared_ptr<tensor::Engine> Controller::Impl::engine() {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (!engine_) engine_ = std::make_shared<tensor::Engine>(this);
+  return engine_;
+}
+}  // namespace cox
+
+namespace cox::tensor {
+
+void Engine::detach() {
+  std::lock_guard<std::recursive_mutex> lk(mu_);
+  std::lock_guard<std::mutex> lk2(free_mu_);
+  impl_ = nullptr;
+}
+
+Controller::Impl& Engine::impl() {
+  if (!impl_) throw Error("the controller of this mesh has shut down");
+  return *impl_;
+}
+
+void Engine::post_all(const std::vector<int>& ranks, const std::vector<uint8_t>& frame) {
+  Controller::Impl& c = impl();
+  for (int r : ranks) c.post(r, frame.data(), frame.size());
+}
+
+void Engine::define(const OpInfo& op) {
+  if (op.id < defined_.size() && defined_[op.id]) return;
+  if (defined_.size() <= op.id) defined_.resize(op.id + 1, false);
+  wire::DefineOp d;
+  d.op = op.id;
+  d.name = op.name;
+  d.overload = op.overload;
+  const auto frame = wire::encode_frame(d);
+  Controller::Impl& c = impl();
+  // Every worker learns every op: sub-meshes change, the table does not.
+  for (int r = 0; r < c.size(); ++r) {
+    try {
+      c.post(r, frame.data(), frame.size());
+    } catch (const WorkerLost&) {
+    }
+  }
+  defined_[op.id] = true;
+}
+
+namespace {
+
+void put_key(std::string& key, const void* p, size_t n) { key.append(static_cast<const char*>(p), n); }
+template <class T>
+void put_key(std::string& key, T v) {
+  put_key(key, &v, sizeof v);
+}
+
+void encode_tensor_key(std::string& key, const Meta& m) {
+  put_key(key, static_cast<uint8_t>(m.dtype));
+  put_key(key, static_cast<uint8_t>(m.sizes.size()));
+  put_key(key, m.sizes.data(), m.sizes.size() * sizeof(int64_t));
+  put_key(key, m.strides.data(), m.strides.size() * sizeof(int64_t));
+}
+
+// A default argument, as sent.
+void encode_default(Writer& w, std::string& key, const OpInfo& op, size_t i) {
+  const c10::IValue& v = op.defaults[i];
+  auto tag = [&](ArgTag t) {
+    w.put(static_cast<uint8_t>(t));
+    put_key(key, static_cast<uint8_t>(t));
+  };
+  if (op.device_arg[i]) return tag(ArgTag::kDevice);
+  if (v.isNone()) return tag(ArgTag::kNone);
+  if (v.isBool()) {
+    tag(ArgTag::kBool);
+    w.put<uint8_t>(v.toBool());
+  } else if (v.isInt()) {
+    tag(ArgTag::kInt);
+    w.put<int64_t>(v.toInt());
+  } else if (v.isDouble()) {
+    tag(ArgTag::kDouble);
+    w.put<double>(v.toDouble());
+  } else if (v.isIntList()) {
+    tag(ArgTag::kIntList);
+    auto l = v.toIntList();
+    w.put(static_cast<uint16_t>(l.size()));
+    for (int64_t x : l) w.put(x);
+  } else if (v.isString()) {
+    tag(ArgTag::kString);
+    w.put_string(v.toStringRef());
+  } else {
+    throw InvalidArgument(fmt::format("{}: default value of argument {} ({}) is not supported", op.qualified, i,
+                                      v.tagKind()));
+  }
+}
+
+std::string describe_args(const Arg* args, size_t n) {
+  std::vector<std::string> parts;
+  for (size_t i = 0; i < n; ++i) {
+    const auto& v = args[i].value();
+    if (auto t = std::get_if<std::shared_ptr<TensorImpl>>(&v)) {
+      parts.push_back(*t && (*t)->known ? (*t)->known->to_string() : "Tensor");
+    } else if (auto l = std::get_if<std::vector<std::shared_ptr<TensorImpl>>>(&v)) {
+      std::vector<std::string> items;
+      for (auto& x : *l) items.push_back(x && x->known ? x->known->to_string() : "Tensor");
+      parts.push_back("[" + fmt::format("{}", fmt::join(items, ", ")) + "]");
+    } else if (auto i = std::get_if<int64_t>(&v)) {
+      parts.push_back(std::to_string(*i));
+    } else if (auto d = std::get_if<double>(&v)) {
+      parts.push_back(fmt::format("{}", *d));
+    } else if (auto b = std::get_if<bool>(&v)) {
+      parts.push_back(*b ? "true" : "false");
+    } else if (auto il = std::get_if<std::vector<int64_t>>(&v)) {
+      parts.push_back(fmt::format("[{}]", fmt::join(*il, ", ")));
+    } else if (auto st = std::get_if<at::ScalarType>(&v)) {
+      parts.push_back(c10::toString(*st));
+    } else if (auto s = std::get_if<std::string>(&v)) {
+      parts.push_back("'" + *s + "'");
+    } else {
+      parts.push_back("None");
+    }
+  }
+  return fmt::format("{}", fmt::join(parts, ", "));
+}
+
+// The first line of a c10 error, without its backtrace.
+std::string c10_message(const c10::Error& e) {
+  std::string m = e.what_without_backtrace();
+  return m;
+}
+
+}  // namespace
+
+Engine::CacheEntry Engine::infer(const OpInfo& op, const Arg* args, size_t nargs,
+                                 const std::vector<c10::IValue>& /*unused*/) {
+  torch::jit::Stack stack;
+  stack.reserve(op.nargs);
+  for (size_t i = 0; i < op.nargs; ++i) {
+    if (op.device_arg[i]) {
+      stack.emplace_back(at::Device(at::kMeta));
+      continue;
+    }
+    if (i >= nargs) {
+      stack.push_back(op.defaults[i]);
+      continue;
+    }
+    const auto& v = args[i].value();
+    if (auto t = std::get_if<std::shared_ptr<TensorImpl>>(&v)) {
+      stack.emplace_back((*t)->meta().to_meta_tensor());
+    } else if (auto l = std::get_if<std::vector<std::shared_ptr<TensorImpl>>>(&v)) {
+      std::vector<at::Tensor> ts;
+      for (auto& x : *l) ts.push_back(x->meta().to_meta_tensor());
+      stack.emplace_back(std::move(ts));
+    } else if (auto iv = std::get_if<int64_t>(&v)) {
+      stack.emplace_back(*iv);
+    } else if (auto d = std::get_if<double>(&v)) {
+      stack.emplace_back(*d);
+    } else if (auto b = std::get_if<bool>(&v)) {
+      stack.emplace_back(*b);
+    } else if (auto il = std::get_if<std::vector<int64_t>>(&v)) {
+      stack.emplace_back(*il);
+    } else if (auto st = std::get_if<at::ScalarType>(&v)) {
+      stack.emplace_back(*st);
+    } else if (auto s = std::get_if<std::string>(&v)) {
+      stack.emplace_back(*s);
+    } else {
+      stack.emplace_back();
+    }
+  }
+  CacheEntry entry;
+  try {
+    op.handle.callBoxed(stack);
+  } catch (const c10::NotImplementedError&) {
+    // No meta kernel: the workers will tell.
+    COX_CHECK_ARG(!op.returns_list, "{} has no meta kernel and returns a list of tensors, which is not supported",
+                  op.qualified);
+    entry.learned = true;
+    for (int w : op.return_writes_arg) entry.outs.push_back({w, {}});
+    return entry;
+  } catch (const c10::Error& e) {
+    throw InvalidArgument(fmt::format("{}({}): {}", op.qualified, describe_args(args, nargs), c10_message(e)));
+  }
+  for (size_t i = 0; i < stack.size(); ++i) {
+    const int writes = i < op.return_writes_arg.size() ? op.return_writes_arg[i] : -1;
+    const c10::IValue& v = stack[i];
+    if (writes >= 0) {
+      entry.outs.push_back({writes, {}});
+    } else if (v.isTensor()) {
+      entry.outs.push_back({-1, Meta::of(v.toTensor())});
+    } else if (v.isTensorList()) {
+      for (const at::Tensor& t : v.toTensorList()) entry.outs.push_back({-1, Meta::of(t)});
+    } else {
+      throw InvalidArgument(fmt::format("{} returns a {}, not a tensor; only tensor results are supported",
+                                        op.qualified, v.tagKind()));
+    }
+  }
+  return entry;
+}
+
+std::vector<Tensor> Engine::call(const DeviceMesh& mesh, const OpInfo& op, const Arg* args, size_t nargs) {
+  COX_CHECK_ARG(nargs <= op.nargs, "{} takes {} arguments, got {}", op.qualified, op.nargs, nargs);
+  std::unique_lock<std::recursive_mutex> lk(mu_);
+  define(op);
+  bool any_requires_grad = false;
+  frame_.resize(wire::kFrameHeaderBytes);
+  Writer w(frame_);
+  w.put(static_cast<uint8_t>(wire::MsgType::kOp));
+  w.put(op.id);
+  w.put(static_cast<uint16_t>(op.nargs));
+  key_.clear();
+  put_key(key_, op.id);
+  auto tag = [&](ArgTag t) {
+    w.put(static_cast<uint8_t>(t));
+    put_key(key_, static_cast<uint8_t>(t));
+  };
+  // An input whose metadata never came (its op failed on the reporting
+  // worker) makes this op an error value too: it is still sent, so that the
+  // workers mark its outputs, but its outputs carry that input's error.
+  std::shared_ptr<PendingMeta> upstream;
+  auto meta_of = [&](TensorImpl& t) -> const Meta& {
+    static const Meta none;
+    if (!t.known && t.pending) {
+      resolve(*t.pending);
+      std::lock_guard<std::mutex> plk(t.pending->mu);
+      if (!t.pending->error.empty()) {
+        if (!upstream) upstream = t.pending;
+        return none;
+      }
+    }
+    return t.meta();
+  };
+  auto same_mesh = [&](const TensorImpl& t) {
+    COX_CHECK_ARG(t.mesh.info() == mesh.info() || t.mesh.shape() == mesh.shape(),
+                  "{}: a tensor on mesh {} used in an op on mesh {}; move it with to_mesh first", op.qualified,
+                  t.mesh.shape().to_string(true), mesh.shape().to_string(true));
+  };
+  for (size_t i = 0; i < op.nargs; ++i) {
+    if (i >= nargs) {
+      COX_CHECK_ARG(op.has_default[i], "{}: argument {} ('{}') is required", op.qualified, i,
+                    op.handle.schema().arguments()[i].name());
+      encode_default(w, key_, op, i);
+      continue;
+    }
+    if (op.device_arg[i]) {
+      tag(ArgTag::kDevice);
+      continue;
+    }
+    const auto& v = args[i].value();
+    switch (v.index()) {
+      case 0:
+        tag(ArgTag::kNone);
+        break;
+      case 1: {
+        const auto& t = std::get<1>(v);
+        COX_CHECK_ARG(t != nullptr, "{}: argument {} is an undefined tensor", op.qualified, i);
+        same_mesh(*t);
+        tag(ArgTag::kTensor);
+        w.put(t->id);
+        encode_tensor_key(key_, meta_of(*t));
+        any_requires_grad |= t->requires_grad;
+        break;
+      }
+      case 2: {
+        const auto& l = std::get<2>(v);
+        tag(ArgTag::kTensorList);
+        w.put(static_cast<uint16_t>(l.size()));
+        put_key(key_, static_cast<uint16_t>(l.size()));
+        for (const auto& t : l) {
+          COX_CHECK_ARG(t != nullptr, "{}: argument {} holds an undefined tensor", op.qualified, i);
+          same_mesh(*t);
+          w.put(t->id);
+          encode_tensor_key(key_, meta_of(*t));
+          any_requires_grad |= t->requires_grad;
+        }
+        break;
+      }
+      case 3:
+        tag(ArgTag::kInt);
+        w.put(std::get<3>(v));
+        put_key(key_, std::get<3>(v));
+        break;
+      case 4:
+        tag(ArgTag::kDouble);
+        w.put(std::get<4>(v));
+        put_key(key_, std::get<4>(v));
+        break;
+      case 5:
+        tag(ArgTag::kBool);
+        w.put<uint8_t>(std::get<5>(v));
+        put_key(key_, static_cast<uint8_t>(std::get<5>(v)));
+        break;
+      case 6: {
+        const auto& l = std::get<6>(v);
+        tag(ArgTag::kIntList);
+        w.put(static_cast<uint16_t>(l.size()));
+        put_key(key_, static_cast<uint16_t>(l.size()));
+        for (int64_t x : l) w.put(x);
+        put_key(key_, l.data(), l.size() * sizeof(int64_t));
+        break;
+      }
+      case 7:
+        tag(ArgTag::kScalarType);
+        w.put(static_cast<uint8_t>(std::get<7>(v)));
+        put_key(key_, static_cast<uint8_t>(std::get<7>(v)));
+        break;
+      case 8:
+        tag(ArgTag::kString);
+        w.put_string(std::get<8>(v));
+        key_ += std::get<8>(v);
+        put_key(key_, static_cast<uint8_t>(0));
+        break;
+    }
+  }
+
+  CacheEntry upstream_entry;
+  const CacheEntry* found = nullptr;
+  if (upstream) {
+    COX_CHECK_ARG(!op.returns_list, "{}: an input is an error value ({} failed: {})", op.qualified,
+                  upstream->error_op, upstream->error);
+    upstream_entry.learned = true;
+    for (int wa : op.return_writes_arg) upstream_entry.outs.push_back({wa, {}});
+    found = &upstream_entry;
+  } else {
+    auto it = cache_.find(key_);
+    if (it == cache_.end()) it = cache_.emplace(key_, infer(op, args, nargs, {})).first;
+    found = &it->second;
+  }
+  const CacheEntry& entry = *found;
+
+  // Outputs: ids, in return order; 0 for an input written in place.
+  std::vector<Tensor> outs;
+  outs.reserve(entry.outs.size());
+  std::shared_ptr<PendingMeta> pending = upstream;
+  if (!pending && entry.learned) {
+    pending = std::make_shared<PendingMeta>();
+    pending->request = impl().new_request_id();
+    pending->rank = mesh.info()->ranks.front();
+    pending->cache_key = key_;
+  }
+  bool requires_grad = grad_enabled_ && any_requires_grad;
+  if (op.name == "aten::detach") requires_grad = false;
+  if (op.name == "aten::requires_grad_") {
+    requires_grad = nargs > 1 ? std::get<bool>(args[1].value()) : true;
+  }
+  w.put(static_cast<uint16_t>(entry.outs.size()));
+  uint32_t pending_index = 0;
+  for (const OutSpec& o : entry.outs) {
+    if (o.writes_arg >= 0) {
+      w.put<uint64_t>(0);
+      const auto& t = std::get<1>(args[o.writes_arg].value());
+      if (op.name == "aten::requires_grad_") t->requires_grad = requires_grad;
+      outs.emplace_back(t);
+      continue;
+    }
+    auto t = std::make_shared<TensorImpl>(mesh, next_tensor_id_++);
+    w.put(t->id);
+    if (pending) {
+      t->pending = pending;
+      t->pending_index = pending_index++;
+    } else {
+      t->known = o.meta;
+      t->requires_grad = requires_grad && at::isFloatingType(o.meta.dtype);
+    }
+    if (pending) t->requires_grad = requires_grad;
+    outs.emplace_back(std::move(t));
+  }
+  const bool ask = pending && !upstream;
+  w.put<uint64_t>(ask ? pending->request : 0);
+  w.put<int32_t>(ask ? pending->rank : -1);
+  const uint32_t len = static_cast<uint32_t>(frame_.size() - wire::kFrameHeaderBytes);
+  std::memcpy(frame_.data(), &len, sizeof len);
+  post_all(mesh.info()->ranks, frame_);
+  return outs;
+}
+
+void Engine::resolve(PendingMeta& p) {
+  {
+    std::lock_guard<std::mutex> lk(p.mu);
+    if (p.resolved) return;
+  }
+  wire::Reply reply = impl().wait_reply(p.rank, p.request, std::nullopt);
+  std::lock_guard<std::mutex> lk(p.mu);
+  if (p.resolved) return;
+  p.resolved = true;
+  Reader r(reinterpret_cast<const uint8_t*>(reply.payload.data()), reply.payload.size(), "metadata reply");
+  if (!reply.ok) {
+    p.error_op = r.get_string("reply.op");
+    p.error = r.get_string("reply.message");
+    return;
+  }
+  const uint16_t n = r.get<uint16_t>("metadata.n");
+  for (uint16_t i = 0; i < n; ++i) p.metas.push_back(Meta::decode(r));
+  // Next time, this signature is known without asking.
+  if (!p.cache_key.empty()) {
+    std::lock_guard<std::recursive_mutex> clk(mu_);
+    auto it = cache_.find(p.cache_key);
+    if (it != cache_.end() && it->second.learned) {
+      size_t k = 0;
+      for (auto& o : it->second.outs) {
+        if (o.writes_arg < 0 && k < p.metas.size()) o.meta = p.metas[k++];
+      }
+      it->second.learned = false;
+    }
+  }
+}
+
+std::vector<Tensor> Engine::call_remote(const DeviceMesh& mesh, const std::string& name,
+                                        const std::vector<Tensor>& inputs, const std::vector<double>& scalars) {
+  constexpr uint32_t kMaxOutputs = 256;
+  wire::CallRemote c;
+  c.name = name;
+  for (const auto& t : inputs) {
+    COX_CHECK_ARG(t.defined(), "call_remote('{}'): an input is an undefined tensor", name);
+    c.inputs.push_back(t.impl()->id);
+  }
+  c.scalars = scalars;
+  c.max_outputs = kMaxOutputs;
+  c.out_base = next_tensor_id_.fetch_add(kMaxOutputs);
+  c.meta_request = impl().new_request_id();
+  c.reporter = mesh.info()->ranks.front();
+  {
+    std::lock_guard<std::recursive_mutex> lk(mu_);
+    post_all(mesh.info()->ranks, wire::encode_frame(c));
+  }
+  // The reporting worker says how many outputs there are and what they are.
+  auto pending = std::make_shared<PendingMeta>();
+  pending->request = c.meta_request;
+  pending->rank = c.reporter;
+  resolve(*pending);
+  std::vector<Tensor> outs;
+  if (!pending->error.empty()) {
+    // The outputs are unknown, and so is their number: release the reserved
+    // ids and report the failure.
+    for (uint32_t i = 0; i < kMaxOutputs; ++i) release(c.out_base + i);
+    throw RemoteError(c.reporter, pending->error_op, pending->error);
+  }
+  for (size_t i = 0; i < pending->metas.size(); ++i) {
+    auto t = std::make_shared<TensorImpl>(mesh, c.out_base + i);
+    t->known = pending->metas[i];
+    outs.emplace_back(std::move(t));
+  }
+  return outs;
+}
+
+Tensor Engine::put(const DeviceMesh& mesh, const std::vector<at::Tensor>& values, bool requires_grad) {
+  const auto& ranks = mesh.info()->ranks;
+  COX_INTERNAL_ASSERT(values.size() == 1 || values.size() == ranks.size(), "{} values for {} ranks", values.size(),
+                      ranks.size());
+  auto t = std::make_shared<TensorImpl>(mesh, next_tensor_id_++);
+  t->known = Meta::of(values[0].contiguous());
+  t->requires_grad = requires_grad;
+  std::vector<uint8_t> frame;
+  for (size_t i = 0; i < ranks.size(); ++i) {
+    const at::Tensor v = values.size() == 1 ? values[0] : values[i];
+    if (i == 0 || values.size() > 1) {
+      const at::Tensor c = v.contiguous().cpu();
+      wire::Put p;
+      p.id = t->id;
+      p.dtype = static_cast<uint8_t>(c.scalar_type());
+      p.requires_grad = requires_grad;
+      p.sizes.assign(c.sizes().begin(), c.sizes().end());
+      p.data.assign(static_cast<const char*>(c.data_ptr()), c.nbytes());
+      frame.clear();
+      wire::encode_frame(p, frame);
+    }
+    std::lock_guard<std::recursive_mutex> lk(mu_);
+    impl().post(ranks[i], frame.data(), frame.size());
+  }
+  return Tensor(std::move(t));
+}
+
+uint64_t Engine::fetch(int rank, uint64_t id) {
+  const uint64_t request = impl().new_request_id();
+  std::lock_guard<std::recursive_mutex> lk(mu_);
+  {
+    std::lock_guard<std::mutex> flk(free_mu_);
+    flush_frees_locked();
+  }
+  impl().post_now(rank, wire::encode_frame(wire::Fetch{request, id}));
+  return request;
+}
+
+at::Tensor Engine::wait_fetch(int rank, uint64_t request, std::optional<std::chrono::milliseconds> timeout) {
+  wire::Reply reply = impl().wait_reply(rank, request, timeout);
+  Reader r(reinterpret_cast<const uint8_t*>(reply.payload.data()), reply.payload.size(), "fetch reply");
+  if (!reply.ok) {
+    std::string op = r.get_string("reply.op");
+    std::string message = r.get_string("reply.message");
+    throw RemoteError(rank, op, message);
+  }
+  Meta m = Meta::decode(r);
+  std::string data = r.get_string("fetch.data");
+  at::Tensor out = at::empty(m.sizes, at::TensorOptions().dtype(m.dtype));
+  COX_INTERNAL_ASSERT(static_cast<size_t>(out.nbytes()) == data.size(), "fetched {} bytes for {}", data.size(),
+                      m.to_string());
+  std::memcpy(out.data_ptr(), data.data(), data.size());
+  return out;
+}
+
+void Engine::backward(const Tensor& t) {
+  std::lock_guard<std::recursive_mutex> lk(mu_);
+  post_all(t.mesh().info()->ranks, wire::encode_frame(wire::Backward{t.impl()->id}));
+}
+
+Tensor Engine::grad(const Tensor& t) {
+  auto g = std::make_shared<TensorImpl>(t.mesh(), next_tensor_id_++);
+  g->known = t.impl()->meta();
+  // A gradient is contiguous whatever the strides of its tensor.
+  g->known->strides = Meta::of(at::empty(g->known->sizes, at::TensorOptions().device(at::kMeta))).strides;
+  std::lock_guard<std::recursive_mutex> lk(mu_);
+  post_all(t.mesh().info()->ranks, wire::encode_frame(wire::Grad{t.impl()->id, g->id}));
+  return Tensor(std::move(g));
+}
+
+bool Engine::set_grad_mode(bool enabled) {
+  std::lock_guard<std::recursive_mutex> lk(mu_);
+  const bool previous = grad_enabled_;
+  grad_enabled_ = enabled;
+  Controller::Impl& c = impl();
+  const auto frame = wire::encode_frame(wire::GradMode{enabled});
+  for (int r = 0; r < c.size(); ++r) {
+    try {
+      c.post(r, frame.data(), frame.size());
+    } catch (const WorkerLost&) {
+    }
+  }
+  return previous;
+}
+
+void Engine::seed(const DeviceMesh& mesh, uint64_t seed, bool per_rank) {
+  std::lock_guard<std::recursive_mutex> lk(mu_);
+  post_all(mesh.info()->ranks, wire::encode_frame(wire::Seed{seed, per_rank}));
+}
+
+void Engine::load_library(const DeviceMesh& mesh, const std::string& path) {
+  std::vector<std::pair<int, uint64_t>> requests;
+  for (int r : mesh.info()->ranks) {
+    const uint64_t request = impl().new_request_id();
+    std::lock_guard<std::recursive_mutex> lk(mu_);
+    impl().post_now(r, wire::encode_frame(wire::LoadLibrary{request, path}));
+    requests.emplace_back(r, request);
+  }
+  for (auto [r, request] : requests) {
+    wire::Reply reply = impl().wait_reply(r, request, std::nullopt);
+    if (!reply.ok) throw RemoteError(r, "load_library('" + path + "')", reply.payload);
+  }
+}
+
+int64_t Engine::live_tensors(int rank) {
+  const uint64_t request = impl().new_request_id();
+  {
+    std::lock_guard<std::recursive_mutex> lk(mu_);
+    std::lock_guard<std::mutex> flk(free_mu_);
+    flush_frees_locked();
+    impl().post_now(rank, wire::encode_frame(wire::Stats{request}));
+  }
+  wire::Reply reply = impl().wait_reply(rank, request, std::nullopt);
+  Reader r(reinterpret_cast<const uint8_t*>(reply.payload.data()), reply.payload.size(), "stats reply");
+  return r.get<int64_t>("stats.live");
+}
+
+void Engine::sync(const DeviceMesh& mesh, std::optional<std::chrono::milliseconds> timeout) {
+  {
+    std::lock_guard<std::recursive_mutex> lk(mu_);
+    std::lock_guard<std::mutex> flk(free_mu_);
+    flush_frees_locked();
+  }
+  impl().sync_ranks(mesh.info()->ranks, timeout);
+}
+
+void Engine::release(uint64_t id) noexcept {
+  std::lock_guard<std::mutex> lk(free_mu_);
+  if (!impl_) return;
+  frees_.push_back(id);
+  if (frees_.size() >= 256) flush_frees_locked();
+}
+
+// Sends the batched frees to every worker (a worker forgets only the ids it
+// holds). Called with free_mu_ held.
+void Engine::flush_frees_locked() {
+  if (frees_.empty() || !impl_) return;
+  wire::Free f;
+  f.ids.swap(frees_);
+  const auto frame = wire::encode_frame(f);
+  for (int r = 0; r < impl_->size(); ++r) {
+    try {
+      impl_->post(r, frame.data(), frame.size());
+    } catch (const WorkerLost&) {
+    }
+  }
+}
+
+}  // namespace cox::tensor

@@ -1,0 +1,27 @@
+// Tensor metadata as the controller tracks it and as it travels: dtype,
+// sizes, strides, storage offset.
+#pragma once
+
+#include "wire/codec.hpp"
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/SmallVector.h>
+
+#include <string>
+
+namespace cox::tensor {
+
+// What the controller knows of a shard: enough to build a meta tensor.
+struct Meta {
+  at::ScalarType dtype = at::kFloat;
+  c10::SmallVector<int64_t, 6> sizes, strides;
+  int64_t storage_offset = 0;
+
+  static Meta of(const at::Tensor& t);
+  at::Tensor to_meta_tensor() const;
+  void encode(wire::Writer& w) const;
+  static Meta decode(wire::Reader& r);
+  std::string to_string() const;  // "float[8, 16]"
+};
+
+}  // namespace cox::tensor

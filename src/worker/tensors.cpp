@@ -1,0 +1,303 @@
+// The worker's tensor table and the tensor messages.
+#include "worker/tensors.hpp"
+
+#include <cox/remote.hpp>
+
+#include "common/check.hpp"
+#include "tensor/meta.hpp"
+
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+#include <torch/csrc/autograd/autograd.h>
+
+#include <dlfcn.h>
+
+namespace cox::worker {
+
+using wire::ArgTag;
+using wire::Reader;
+using wire::Writer;
+
+namespace {
+
+std::string message_of(const std::exception& e) {
+  if (auto c = dynamic_cast<const c10::Error*>(&e)) return c->what_without_backtrace();
+  return e.what();
+}
+
+std::string describe(const at::Tensor& t) {
+  if (!t.defined()) return "undefined";
+  return fmt::format("{}[{}]", c10::toString(t.scalar_type()), fmt::join(t.sizes(), ", "));
+}
+
+}  // namespace
+
+Tensors::Tensors(int rank, at::Device device, std::function<void(const wire::Reply&)> reply)
+    : rank_(rank), device_(device), reply_(std::move(reply)) {}
+
+const Tensors::Slot& Tensors::slot(uint64_t id) const {
+  static const Slot missing{at::Tensor(), std::make_shared<Failure>(Failure{"lookup", "no such tensor"})};
+  auto it = table_.find(id);
+  return it == table_.end() ? missing : it->second;
+}
+
+void Tensors::define_op(const wire::DefineOp& m) {
+  if (ops_.size() <= m.op) ops_.resize(m.op + 1);
+  Op& op = ops_[m.op];
+  op.name = m.overload.empty() ? m.name : m.name + "." + m.overload;
+  auto handle = c10::Dispatcher::singleton().findSchema({m.name, m.overload});
+  op.handle.reset();
+  if (handle.has_value()) op.handle.emplace(*handle);
+  // An op this libtorch lacks fails when used, not here.
+}
+
+void Tensors::run_op(const wire::FrameView& f) {
+  Reader r(f.payload, f.size, "op");
+  const uint32_t op_id = r.get<uint32_t>("op.id");
+  if (op_id >= ops_.size() || ops_[op_id].name.empty()) {
+    throw ProtocolError(fmt::format("op id {} was never defined", op_id));
+  }
+  const Op& op = ops_[op_id];
+  const uint16_t nargs = r.get<uint16_t>("op.nargs");
+  torch::jit::Stack stack;
+  stack.reserve(nargs);
+  std::shared_ptr<const Failure> upstream;
+  for (uint16_t i = 0; i < nargs; ++i) {
+    const uint8_t tag = r.get<uint8_t>("arg.tag");
+    switch (static_cast<ArgTag>(tag)) {
+      case ArgTag::kNone: stack.emplace_back(); break;
+      case ArgTag::kTensor: {
+        const Slot& s = slot(r.get<uint64_t>("arg.tensor"));
+        if (s.failure && !upstream) upstream = s.failure;
+        stack.emplace_back(s.tensor);
+        break;
+      }
+      case ArgTag::kTensorList: {
+        const uint16_t n = r.get<uint16_t>("arg.tensor_list.n");
+        std::vector<at::Tensor> ts;
+        ts.reserve(n);
+        for (uint16_t k = 0; k < n; ++k) {
+          const Slot& s = slot(r.get<uint64_t>("arg.tensor_list.id"));
+          if (s.failure && !upstream) upstream = s.failure;
+          ts.push_back(s.tensor);
+        }
+        stack.emplace_back(std::move(ts));
+        break;
+      }
+      case ArgTag::kInt: stack.emplace_back(r.get<int64_t>("arg.int")); break;
+      case ArgTag::kDouble: stack.emplace_back(r.get<double>("arg.double")); break;
+      case ArgTag::kBool: stack.emplace_back(r.get<uint8_t>("arg.bool") != 0); break;
+      case ArgTag::kIntList: {
+        const uint16_t n = r.get<uint16_t>("arg.int_list.n");
+        std::vector<int64_t> v(n);
+        for (auto& x : v) x = r.get<int64_t>("arg.int_list.value");
+        stack.emplace_back(std::move(v));
+        break;
+      }
+      case ArgTag::kScalarType: stack.emplace_back(static_cast<at::ScalarType>(r.get<uint8_t>("arg.scalar_type"))); break;
+      case ArgTag::kString: stack.emplace_back(r.get_string("arg.string")); break;
+      case ArgTag::kDevice: stack.emplace_back(device_); break;
+      case ArgTag::kLayout: stack.emplace_back(static_cast<at::Layout>(r.get<uint8_t>("arg.layout"))); break;
+      case ArgTag::kMemoryFormat:
+        stack.emplace_back(static_cast<at::MemoryFormat>(r.get<uint8_t>("arg.memory_format")));
+        break;
+      default:
+        throw ProtocolError(fmt::format("malformed op: unknown argument tag {}", static_cast<unsigned>(tag)));
+    }
+  }
+  const uint16_t nout = r.get<uint16_t>("op.nout");
+  c10::SmallVector<uint64_t, 4> ids(nout);
+  for (auto& id : ids) id = r.get<uint64_t>("op.out");
+  const uint64_t meta_request = r.get<uint64_t>("op.meta_request");
+  const bool report = r.get<int32_t>("op.reporter") == rank_ && meta_request != 0;
+  r.expect_end();
+
+  auto fail_all = [&](std::shared_ptr<const Failure> failure) {
+    for (uint64_t id : ids) {
+      if (id) fail(id, failure);
+    }
+    if (report) reply_error(meta_request, *failure);
+  };
+  // Ops that read an error value do not run; their outputs carry the error.
+  if (upstream) return fail_all(upstream);
+  if (!op.handle) {
+    return fail_all(std::make_shared<Failure>(Failure{op.name, "this worker's libtorch has no such op"}));
+  }
+  std::vector<std::string> arg_shapes;
+  try {
+    for (const auto& v : stack) {
+      if (v.isTensor()) arg_shapes.push_back(describe(v.toTensor()));
+    }
+    op.handle->callBoxed(stack);
+  } catch (const std::exception& e) {
+    return fail_all(std::make_shared<Failure>(
+        Failure{op.name, fmt::format("{} (arguments {})", message_of(e), fmt::join(arg_shapes, ", "))}));
+  }
+  std::vector<at::Tensor> outs;
+  size_t k = 0;
+  auto take = [&](const at::Tensor& t) {
+    if (k >= ids.size()) throw ProtocolError(fmt::format("{} produced more outputs than the {} expected", op.name, ids.size()));
+    if (ids[k]) store(ids[k], t);
+    if (report) outs.push_back(t);
+    ++k;
+  };
+  for (const auto& v : stack) {
+    if (v.isTensor()) {
+      take(v.toTensor());
+    } else if (v.isTensorList()) {
+      for (const at::Tensor& t : v.toTensorList()) take(t);
+    }
+  }
+  if (report) reply_metas(meta_request, outs);
+}
+
+void Tensors::reply_error(uint64_t request, const Failure& f) {
+  wire::Reply rep;
+  rep.request = request;
+  rep.ok = false;
+  std::vector<uint8_t> payload;
+  Writer w(payload);
+  w.put_string(f.op);
+  w.put_string(f.message);
+  rep.payload.assign(payload.begin(), payload.end());
+  reply_(rep);
+}
+
+void Tensors::reply_metas(uint64_t request, const std::vector<at::Tensor>& outs) {
+  wire::Reply rep;
+  rep.request = request;
+  std::vector<uint8_t> payload;
+  Writer w(payload);
+  w.put(static_cast<uint16_t>(outs.size()));
+  for (const auto& t : outs) tensor::Meta::of(t).encode(w);
+  rep.payload.assign(payload.begin(), payload.end());
+  reply_(rep);
+}
+
+void Tensors::free(const wire::Free& m) {
+  for (uint64_t id : m.ids) table_.erase(id);
+}
+
+void Tensors::fetch(const wire::Fetch& m) {
+  const Slot& s = slot(m.id);
+  if (s.failure) return reply_error(m.request, *s.failure);
+  at::Tensor c;
+  try {
+    c = s.tensor.detach().contiguous().cpu();
+  } catch (const std::exception& e) {
+    return reply_error(m.request, Failure{"fetch", message_of(e)});
+  }
+  wire::Reply rep;
+  rep.request = m.request;
+  std::vector<uint8_t> payload;
+  payload.reserve(64 + c.nbytes());
+  Writer w(payload);
+  tensor::Meta::of(c).encode(w);
+  w.put_string(std::string_view(static_cast<const char*>(c.data_ptr()), c.nbytes()));
+  rep.payload.assign(payload.begin(), payload.end());
+  reply_(rep);
+}
+
+void Tensors::put(const wire::Put& m) {
+  const auto dtype = static_cast<at::ScalarType>(m.dtype);
+  at::Tensor cpu = at::empty(m.sizes, at::TensorOptions().dtype(dtype));
+  if (static_cast<size_t>(cpu.nbytes()) != m.data.size()) {
+    throw ProtocolError(fmt::format("put: {} bytes of data for a {} tensor of {} bytes", m.data.size(),
+                                    c10::toString(dtype), cpu.nbytes()));
+  }
+  std::memcpy(cpu.data_ptr(), m.data.data(), m.data.size());
+  at::Tensor t = device_.is_cpu() ? cpu : cpu.to(device_);
+  if (m.requires_grad) t.requires_grad_(true);
+  store(m.id, std::move(t));
+}
+
+void Tensors::seed(const wire::Seed& m) {
+  at::manual_seed(m.seed + (m.per_rank ? static_cast<uint64_t>(rank_) * 1000003u : 0u));
+}
+
+std::optional<std::string> Tensors::backward(const wire::Backward& m) {
+  const Slot& s = slot(m.id);
+  if (s.failure) return "backward from an error value: " + s.failure->op + ": " + s.failure->message;
+  try {
+    torch::autograd::backward({s.tensor});
+  } catch (const std::exception& e) {
+    return message_of(e);
+  }
+  return std::nullopt;
+}
+
+void Tensors::grad(const wire::Grad& m) {
+  const Slot& s = slot(m.id);
+  if (s.failure) return fail(m.out, s.failure);
+  at::Tensor g = s.tensor.grad();
+  if (!g.defined()) {
+    return fail(m.out, std::make_shared<Failure>(Failure{
+                           "grad", "the tensor has no gradient (does it require grad, and did backward reach it?)"}));
+  }
+  store(m.out, g);
+}
+
+void Tensors::grad_mode(const wire::GradMode& m) { c10::GradMode::set_enabled(m.enabled); }
+
+void Tensors::load_library(const wire::LoadLibrary& m) {
+  wire::Reply rep;
+  rep.request = m.request;
+  void* lib = ::dlopen(m.path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (!lib) {
+    rep.ok = false;
+    const char* err = ::dlerror();
+    rep.payload = err ? err : "dlopen failed";
+    return reply_(rep);
+  }
+  using TableFn = const remote_detail::Entry* (*)(size_t*);
+  auto table = reinterpret_cast<TableFn>(::dlsym(lib, "cox_remote_functions"));
+  if (!table) {
+    rep.ok = false;
+    rep.payload = m.path + " defines no remote functions (no COX_REMOTE_FUNCTION in it)";
+    ::dlclose(lib);
+    return reply_(rep);
+  }
+  size_t n = 0;
+  const remote_detail::Entry* entries = table(&n);
+  for (size_t i = 0; i < n; ++i) remote_[entries[i].name] = entries[i].fn;
+  libraries_.push_back(lib);
+  reply_(rep);
+}
+
+void Tensors::call_remote(const wire::CallRemote& m) {
+  const bool report = m.reporter == rank_ && m.meta_request != 0;
+  auto failed = [&](const Failure& f) {
+    if (report) reply_error(m.meta_request, f);
+  };
+  auto it = remote_.find(m.name);
+  if (it == remote_.end()) return failed(Failure{m.name, "no remote function of that name is loaded"});
+  std::vector<at::Tensor> inputs;
+  for (uint64_t id : m.inputs) {
+    const Slot& s = slot(id);
+    if (s.failure) return failed(*s.failure);
+    inputs.push_back(s.tensor);
+  }
+  std::vector<at::Tensor> outs;
+  try {
+    outs = it->second(inputs, m.scalars);
+  } catch (const std::exception& e) {
+    return failed(Failure{m.name, message_of(e)});
+  }
+  if (outs.size() > m.max_outputs) {
+    return failed(Failure{m.name, fmt::format("returned {} tensors, more than the {} allowed", outs.size(), m.max_outputs)});
+  }
+  for (size_t i = 0; i < outs.size(); ++i) store(m.out_base + i, outs[i]);
+  if (report) reply_metas(m.meta_request, outs);
+}
+
+void Tensors::stats(const wire::Stats& m) {
+  wire::Reply rep;
+  rep.request = m.request;
+  std::vector<uint8_t> payload;
+  Writer w(payload);
+  w.put(static_cast<int64_t>(table_.size()));
+  rep.payload.assign(payload.begin(), payload.end());
+  reply_(rep);
+}
+
+}  // namespace cox::worker

@@ -1,0 +1,73 @@
+// The worker's half of the tensor engine: a table of tensors (or the errors
+// that stand in for them) by id, and the messages that create, run, move and
+// free them.
+#pragma once
+
+#include "wire/messages.hpp"
+
+#include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace cox::worker {
+
+class Tensors {
+ public:
+  // `reply` sends a reply frame to the controller at once.
+  Tensors(int rank, at::Device device, std::function<void(const wire::Reply&)> reply);
+
+  void define_op(const wire::DefineOp& m);
+  void run_op(const wire::FrameView& f);
+  void free(const wire::Free& m);
+  void fetch(const wire::Fetch& m);
+  void put(const wire::Put& m);
+  void seed(const wire::Seed& m);
+  // Backward failures have no output to mark: they are returned as a message.
+  std::optional<std::string> backward(const wire::Backward& m);
+  void grad(const wire::Grad& m);
+  void grad_mode(const wire::GradMode& m);
+  void load_library(const wire::LoadLibrary& m);
+  void call_remote(const wire::CallRemote& m);
+  void stats(const wire::Stats& m);
+
+  size_t live() const noexcept { return table_.size(); }
+
+ private:
+  // A failed op's outputs, and everything computed from them.
+  struct Failure {
+    std::string op;
+    std::string message;
+  };
+  struct Slot {
+    at::Tensor tensor;
+    std::shared_ptr<const Failure> failure;
+  };
+  struct Op {
+    std::optional<c10::OperatorHandle> handle;
+    std::string name;
+  };
+
+  const Slot& slot(uint64_t id) const;
+  void store(uint64_t id, at::Tensor t) { table_[id] = Slot{std::move(t), nullptr}; }
+  void fail(uint64_t id, std::shared_ptr<const Failure> f) { table_[id] = Slot{at::Tensor(), std::move(f)}; }
+  void reply_error(uint64_t request, const Failure& f);
+  void reply_metas(uint64_t request, const std::vector<at::Tensor>& outs);
+
+  const int rank_;
+  const at::Device device_;
+  std::function<void(const wire::Reply&)> reply_;
+  std::vector<Op> ops_;
+  std::unordered_map<uint64_t, Slot> table_;
+  std::unordered_map<std::string, std::vector<at::Tensor> (*)(const std::vector<at::Tensor>&,
+                                                              const std::vector<double>&)>
+      remote_;
+  std::vector<void*> libraries_;
+};
+
+}  // namespace cox::worker
