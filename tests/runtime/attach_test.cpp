@@ -75,7 +75,7 @@ TEST_CASE("a worker reads its token from a 0600 file, and refuses a readable one
   const std::string bad = temp_file(token, 0644);
   auto opts = attach_options(1);
   opts.token = token;
-  opts.startup_timeout = 3000ms;
+  opts.startup_timeout = 10000ms;
   Proc refused;
   std::vector<Proc> procs;
   opts.on_listening = [&](const AttachInfo& info) {
@@ -98,7 +98,7 @@ TEST_CASE("a worker reads its token from a 0600 file, and refuses a readable one
 TEST_CASE("a wrong or missing token is refused and start-up times out naming the rank", "[attach][auth]") {
   const bool missing = GENERATE(false, true);
   auto opts = attach_options(2);
-  opts.startup_timeout = 1500ms;
+  opts.startup_timeout = 6000ms;
   std::vector<Proc> procs;
   opts.on_listening = [&](const AttachInfo& info) {
     procs.push_back(start_worker(endpoint(info), 0, {{"COX_TOKEN", info.token}}));
