@@ -31,18 +31,22 @@ inline std::vector<Entry>& entries() {
   static std::vector<Entry> list;
   return list;
 }
-struct Registrar {
-  Registrar(const char* name, RemoteFunction fn) { entries().push_back({name, fn}); }
-};
 }  // namespace remote_detail
 }  // namespace cox
 
-// What the worker looks up after loading the library.
-extern "C" __attribute__((visibility("default"))) inline const cox::remote_detail::Entry* cox_remote_functions(
+// What the worker looks up after loading the library (`used`: emitted in
+// every library that includes this header, referenced or not).
+extern "C" __attribute__((visibility("default"), used)) inline const cox::remote_detail::Entry* cox_remote_functions(
     size_t* count) {
   *count = cox::remote_detail::entries().size();
   return cox::remote_detail::entries().data();
 }
+
+namespace cox::remote_detail {
+struct Registrar {
+  Registrar(const char* name, RemoteFunction fn) { entries().push_back({name, fn}); }
+};
+}  // namespace cox::remote_detail
 
 #define COX_REMOTE_FUNCTION(name, fn) \
   static const ::cox::remote_detail::Registrar cox_remote_registrar_##name(#name, fn)

@@ -272,6 +272,10 @@ Engine::CacheEntry Engine::infer(const OpInfo& op, const Arg* args, size_t nargs
     return entry;
   } catch (const c10::Error& e) {
     throw InvalidArgument(fmt::format("{}({}): {}", op.qualified, describe_args(args, nargs), c10_message(e)));
+  } catch (const cox::Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw InvalidArgument(fmt::format("{}({}): {}", op.qualified, describe_args(args, nargs), e.what()));
   }
   for (size_t i = 0; i < stack.size(); ++i) {
     const int writes = i < op.return_writes_arg.size() ? op.return_writes_arg[i] : -1;

@@ -41,9 +41,9 @@ Tensor op1(const DeviceMesh& mesh, const OpInfo& op, std::initializer_list<Arg> 
 
 // For ops whose first argument is a tensor: the op runs on its mesh.
 Tensor op1(const OpInfo& op, std::initializer_list<Arg> args) {
-  const auto& t = std::get<std::shared_ptr<TensorImpl>>(args.begin()->value());
-  COX_CHECK_ARG(t != nullptr, "{}: the input tensor is undefined", op.qualified);
-  return op1(t->mesh, op, args);
+  const auto* t = std::get_if<std::shared_ptr<TensorImpl>>(&args.begin()->value());
+  COX_CHECK_ARG(t && *t, "{}: the input tensor is undefined", op.qualified);
+  return op1((*t)->mesh, op, args);
 }
 
 Arg dtype_arg(const TensorOptions& o) { return o.dtype ? Arg(*o.dtype) : Arg(std::nullopt); }
