@@ -59,8 +59,8 @@ void Tensors::run_op(const wire::FrameView& f) {
   }
   const Op& op = ops_[op_id];
   const uint16_t nargs = r.get<uint16_t>("op.nargs");
-  torch::jit::Stack stack;
-  stack.reserve(nargs);
+  torch::jit::Stack& stack = stack_;  // reused: no allocation per op
+  stack.clear();
   std::shared_ptr<const Failure> upstream;
   for (uint16_t i = 0; i < nargs; ++i) {
     const uint8_t tag = r.get<uint8_t>("arg.tag");
@@ -123,15 +123,11 @@ void Tensors::run_op(const wire::FrameView& f) {
   if (!op.handle) {
     return fail_all(std::make_shared<Failure>(Failure{op.name, "this worker's libtorch has no such op"}));
   }
-  std::vector<std::string> arg_shapes;
   try {
-    for (const auto& v : stack) {
-      if (v.isTensor()) arg_shapes.push_back(describe(v.toTensor()));
-    }
     op.handle->callBoxed(stack);
   } catch (const std::exception& e) {
     return fail_all(std::make_shared<Failure>(
-        Failure{op.name, fmt::format("{} (arguments {})", message_of(e), fmt::join(arg_shapes, ", "))}));
+        Failure{op.name, fmt::format("{} (arguments {})", message_of(e), describe_args(f))}));
   }
   std::vector<at::Tensor> outs;
   size_t k = 0;
@@ -148,7 +144,33 @@ void Tensors::run_op(const wire::FrameView& f) {
       for (const at::Tensor& t : v.toTensorList()) take(t);
     }
   }
+  stack.clear();  // keeps its capacity, drops its references
   if (report) reply_metas(meta_request, outs);
+}
+
+// The tensor arguments of an op frame, described for an error message (read
+// again from the frame: the stack is gone by the time an op has failed).
+std::string Tensors::describe_args(const wire::FrameView& f) const {
+  Reader r(f.payload, f.size, "op");
+  r.get<uint32_t>("op.id");
+  const uint16_t nargs = r.get<uint16_t>("op.nargs");
+  std::vector<std::string> parts;
+  for (uint16_t i = 0; i < nargs; ++i) {
+    const Reader before = r;
+    const auto tag = static_cast<ArgTag>(r.get<uint8_t>("arg.tag"));
+    if (tag == ArgTag::kTensor) {
+      parts.push_back(describe(slot(r.get<uint64_t>("arg.tensor")).tensor));
+    } else if (tag == ArgTag::kTensorList) {
+      const uint16_t n = r.get<uint16_t>("arg.tensor_list.n");
+      std::vector<std::string> items;
+      for (uint16_t k = 0; k < n; ++k) items.push_back(describe(slot(r.get<uint64_t>("arg.tensor_list.id")).tensor));
+      parts.push_back(fmt::format("[{}]", fmt::join(items, ", ")));
+    } else {
+      r = before;
+      wire::skip_arg(r);
+    }
+  }
+  return fmt::format("{}", fmt::join(parts, ", "));
 }
 
 void Tensors::reply_error(uint64_t request, const Failure& f) {

@@ -57,6 +57,7 @@ class Tensors {
   void store(uint64_t id, at::Tensor t) { table_[id] = Slot{std::move(t), nullptr}; }
   void fail(uint64_t id, std::shared_ptr<const Failure> f) { table_[id] = Slot{at::Tensor(), std::move(f)}; }
   void reply_error(uint64_t request, const Failure& f);
+  std::string describe_args(const wire::FrameView& f) const;
   void reply_metas(uint64_t request, const std::vector<at::Tensor>& outs);
 
   const int rank_;
@@ -64,6 +65,7 @@ class Tensors {
   std::function<void(const wire::Reply&)> reply_;
   std::vector<Op> ops_;
   std::unordered_map<uint64_t, Slot> table_;
+  torch::jit::Stack stack_;
   std::unordered_map<std::string, std::vector<at::Tensor> (*)(const std::vector<at::Tensor>&,
                                                               const std::vector<double>&)>
       remote_;
