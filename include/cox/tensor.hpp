@@ -160,7 +160,7 @@ class COX_API Tensor {
   // Autograd, run on the workers.
   void backward() const;
   Tensor grad() const;
-  Tensor& requires_grad_(bool requires = true);
+  Tensor& requires_grad_(bool enabled = true);
   Tensor detach() const;
 
   // Arithmetic.

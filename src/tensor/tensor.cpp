@@ -19,8 +19,8 @@ namespace {
 // Resolves an op once per call site.
 #define COX_OP(name, overload)                                   \
   ([]() -> const OpInfo& {                                       \
-    static const OpInfo& op_ = intern_op(name, overload);        \
-    return op_;                                                  \
+    static const OpInfo* const op_ = &intern_op(name, overload); \
+    return *op_;                                                 \
   }())
 
 std::shared_ptr<const MeshInfo> make_info(Shape s) {
@@ -180,8 +180,8 @@ template COX_API bool Tensor::item<bool>() const;
 
 void Tensor::backward() const { mesh().engine()->backward(*this); }
 Tensor Tensor::grad() const { return mesh().engine()->grad(*this); }
-Tensor& Tensor::requires_grad_(bool requires) {
-  op1(COX_OP("aten::requires_grad_", ""), {*this, requires});
+Tensor& Tensor::requires_grad_(bool enabled) {
+  op1(COX_OP("aten::requires_grad_", ""), {*this, enabled});
   return *this;
 }
 Tensor Tensor::detach() const { return op1(COX_OP("aten::detach", ""), {*this}); }

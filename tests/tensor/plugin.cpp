@@ -2,6 +2,7 @@
 #include <cox/remote.hpp>
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
 #include <stdexcept>
 
@@ -16,7 +17,7 @@ std::vector<at::Tensor> scaled_add(const std::vector<at::Tensor>& in, const std:
 
 // One SGD step on every parameter, in place: p -= lr * g.
 std::vector<at::Tensor> sgd_step(const std::vector<at::Tensor>& in, const std::vector<double>& s) {
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   const size_t n = in.size() / 2;
   for (size_t i = 0; i < n; ++i) in[i].sub_(in[n + i] * s.at(0));
   return {};

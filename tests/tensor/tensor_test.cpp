@@ -2,6 +2,7 @@
 // inputs, creation and seeds, metadata, errors, freeing, autograd, remote
 // functions, sub-meshes. Real worker processes.
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <torch/csrc/autograd/autograd.h>
 
 #include <cox/tensor.hpp>
@@ -295,7 +296,7 @@ TEST_CASE("autograd on the workers equals local autograd", "[tensor][autograd]")
       REQUIRE_FALSE(not_recorded.requires_grad());
     }
     {
-      at::NoGradGuard no_grad;
+      c10::NoGradGuard no_grad;
       lw1.sub_(lw1.grad(), 0.1);
       lw2.sub_(lw2.grad(), 0.1);
       lw1.grad().zero_();
