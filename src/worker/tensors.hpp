@@ -7,6 +7,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/util/flat_hash_map.h>
 
 #include <functional>
 #include <memory>
@@ -64,7 +65,8 @@ class Tensors {
   const at::Device device_;
   std::function<void(const wire::Reply&)> reply_;
   std::vector<Op> ops_;
-  std::unordered_map<uint64_t, Slot> table_;
+  // Open addressing: no allocation per stored tensor on the per-op path.
+  ska::flat_hash_map<uint64_t, Slot> table_;
   torch::jit::Stack stack_;
   std::unordered_map<std::string, std::vector<at::Tensor> (*)(const std::vector<at::Tensor>&,
                                                               const std::vector<double>&)>
