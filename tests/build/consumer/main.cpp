@@ -1,6 +1,8 @@
-// Uses the public API through the installed (or exported) target only.
-#include <cox/errors.hpp>
-#include <cox/shape.hpp>
+// Uses the public API through the installed (or exported) target only: the
+// mesh algebra, and a real worker running an op.
+#include <cox/cox.hpp>
+
+#include <ATen/ATen.h>
 
 #include <iostream>
 
@@ -12,6 +14,9 @@ int main() {
     return 1;
   } catch (const cox::InvalidArgument&) {
   }
-  std::cout << "consumer: " << mesh << " row " << row << " rank " << row.rank_of({2}) << "\n";
-  return row.rank_of({2}) == 6 ? 0 : 1;
+  cox::Controller ctl = cox::Controller::local({.workers = 1});
+  cox::DeviceMesh one = ctl.mesh({{"w", 1}});
+  const float sum = (cox::ones(one, {4}) * 2.0).sum().item<float>();
+  std::cout << "consumer: " << mesh << " row " << row << " rank " << row.rank_of({2}) << " sum " << sum << "\n";
+  return row.rank_of({2}) == 6 && sum == 8.0f ? 0 : 1;
 }
