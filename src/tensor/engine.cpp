@@ -216,16 +216,9 @@ std::string describe_args(const Arg* args, size_t n) {
   return fmt::format("{}", fmt::join(parts, ", "));
 }
 
-// The first line of a c10 error, without its backtrace.
-std::string c10_message(const c10::Error& e) {
-  std::string m = e.what_without_backtrace();
-  return m;
-}
-
 }  // namespace
 
-Engine::CacheEntry Engine::infer(const OpInfo& op, const Arg* args, size_t nargs,
-                                 const std::vector<c10::IValue>& /*unused*/) {
+Engine::CacheEntry Engine::infer(const OpInfo& op, const Arg* args, size_t nargs) {
   torch::jit::Stack stack;
   stack.reserve(op.nargs);
   for (size_t i = 0; i < op.nargs; ++i) {
@@ -271,7 +264,7 @@ Engine::CacheEntry Engine::infer(const OpInfo& op, const Arg* args, size_t nargs
     for (int w : op.return_writes_arg) entry.outs.push_back({w, {}});
     return entry;
   } catch (const c10::Error& e) {
-    throw InvalidArgument(fmt::format("{}({}): {}", op.qualified, describe_args(args, nargs), c10_message(e)));
+    throw InvalidArgument(fmt::format("{}({}): {}", op.qualified, describe_args(args, nargs), e.what_without_backtrace()));
   } catch (const cox::Error&) {
     throw;
   } catch (const std::exception& e) {
@@ -327,6 +320,8 @@ std::vector<Tensor> Engine::call(const DeviceMesh& mesh, const OpInfo& op, const
     return t.meta();
   };
   auto same_mesh = [&](const TensorImpl& t) {
+    COX_CHECK_ARG(t.mesh.engine() == mesh.engine(), "{}: a tensor of another controller used in an op on mesh {}",
+                  op.qualified, mesh.shape().to_string());
     COX_CHECK_ARG(t.mesh.info() == mesh.info() || t.mesh.shape() == mesh.shape(),
                   "{}: a tensor on mesh {} used in an op on mesh {}; move it with to_mesh first", op.qualified,
                   t.mesh.shape().to_string(true), mesh.shape().to_string(true));
@@ -419,7 +414,7 @@ std::vector<Tensor> Engine::call(const DeviceMesh& mesh, const OpInfo& op, const
     found = &upstream_entry;
   } else {
     auto it = cache_.find(key_);
-    if (it == cache_.end()) it = cache_.emplace(key_, infer(op, args, nargs, {})).first;
+    if (it == cache_.end()) it = cache_.emplace(key_, infer(op, args, nargs)).first;
     found = &it->second;
   }
   const CacheEntry& entry = *found;

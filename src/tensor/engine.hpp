@@ -107,7 +107,8 @@ class Engine : public std::enable_shared_from_this<Engine> {
   void define(const OpInfo& op);
   void flush_frees_locked();
   void post_all(const std::vector<int>& ranks, const std::vector<uint8_t>& frame);
-  CacheEntry infer(const OpInfo& op, const Arg* args, size_t nargs, const std::vector<c10::IValue>& defaults_used);
+  // Runs the op on meta tensors (the cache missed).
+  CacheEntry infer(const OpInfo& op, const Arg* args, size_t nargs);
 
   // Recursive: resolving a pending report (which may happen while encoding
   // an op) updates the cache.
