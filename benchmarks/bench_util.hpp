@@ -33,6 +33,28 @@ inline Stats stats(std::vector<double> v) {
   return s;
 }
 
+// The options every benchmark takes: --quick (a short run, as gpu-check
+// uses) and --json FILE. Returns false (after printing usage) on anything else.
+struct Options {
+  bool quick = false;
+  std::string json;
+};
+
+inline bool parse_options(int argc, char** argv, const char* name, Options& o) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--quick") {
+      o.quick = true;
+    } else if (a == "--json" && i + 1 < argc) {
+      o.json = argv[++i];
+    } else {
+      std::fprintf(stderr, "usage: %s [--quick] [--json FILE]\n", name);
+      return false;
+    }
+  }
+  return true;
+}
+
 // Collects rows of named numbers and writes them as a JSON array.
 class JsonRows {
  public:

@@ -58,17 +58,10 @@ Result measure(const DeviceMesh& mesh, int ops_per_iter, int iters, Remote remot
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false;
-  std::string json;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--quick") quick = true;
-    else if (a == "--json" && i + 1 < argc) json = argv[++i];
-    else {
-      std::cerr << "usage: dispatch_bench [--quick] [--json FILE]\n";
-      return 2;
-    }
-  }
+  Options opts_cli;
+  if (!parse_options(argc, argv, "dispatch_bench", opts_cli)) return 2;
+  const bool quick = opts_cli.quick;
+  const std::string json = opts_cli.json;
   at::set_num_threads(1);  // small ops: what is measured is dispatch, not kernels
   const int iters = quick ? 5000 : 20000;
   JsonRows rows;

@@ -185,17 +185,10 @@ double cox_stream_msgs_per_s(Controller& ctl, uint64_t n, uint64_t first) {
 
 int main(int argc, char** argv) {
   if (argc == 3 && std::string(argv[1]) == "--raw-server") return raw_server(argv[2]);
-  bool quick = false;
-  std::string json;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--quick") quick = true;
-    else if (a == "--json" && i + 1 < argc) json = argv[++i];
-    else {
-      std::cerr << "usage: messaging_bench [--quick] [--json FILE]\n";
-      return 2;
-    }
-  }
+  Options opts_cli;
+  if (!parse_options(argc, argv, "messaging_bench", opts_cli)) return 2;
+  const bool quick = opts_cli.quick;
+  const std::string json = opts_cli.json;
   const int rt_iters = quick ? 2000 : 10000;
   const uint64_t stream_n = quick ? 300000 : 2000000;
   JsonRows rows;
