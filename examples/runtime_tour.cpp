@@ -1,11 +1,14 @@
 // A tour of the runtime: a controller starts local workers, lays a named mesh
-// over them, and drives them in step; then one worker is killed, and the
-// controller says which, how, and with its last words.
+// over them, drives them in step, trains a small model on every worker (each
+// on its own data), and then has one worker killed, and says which and how.
 //
 //   runtime_tour [--workers N]
 #include <cox/controller.hpp>
 #include <cox/errors.hpp>
 #include <cox/shape.hpp>
+#include <cox/tensor.hpp>
+
+#include <ATen/ATen.h>
 
 #include <signal.h>
 
@@ -44,6 +47,38 @@ int main(int argc, char** argv) {
     }
     ctl.sync();
     std::printf("all workers in step\n");
+
+    // Every worker fits the same linear teacher from its own random samples:
+    // one program, run in step on the whole mesh.
+    cox::DeviceMesh dm = ctl.mesh({{"dp", dp}, {"tp", workers / dp}});
+    at::manual_seed(0);
+    cox::Tensor teacher = cox::from_local(dm, at::randn({16, 1}));
+    dm.manual_seed(1, /*per_rank=*/true);
+    cox::Tensor x = cox::randn(dm, {256, 16});
+    cox::Tensor y = x.matmul(teacher);
+    cox::Tensor w = cox::zeros(dm, {16, 1}, {.requires_grad = true});
+    float first = 0, last = 0;
+    for (int step = 0; step < 60; ++step) {
+      cox::Tensor loss = cox::mse_loss(x.matmul(w), y);
+      loss.backward();
+      {
+        cox::NoGradGuard no_grad(dm);
+        w.sub_(w.grad(), 0.1);
+        w.grad().zero_();
+      }
+      if (step % 20 == 0 || step == 59) {
+        std::vector<at::Tensor> losses = loss.fetch_all();
+        std::string line;
+        for (auto& l : losses) line += " " + std::to_string(l.item<float>());
+        std::printf("  step %2d loss per worker:%s\n", step, line.c_str());
+        (step == 0 ? first : last) = losses[0].item<float>();
+      }
+    }
+    if (!(last < 0.01f * first)) {
+      std::fprintf(stderr, "runtime_tour: the loss did not fall (%g -> %g)\n", first, last);
+      return 1;
+    }
+    std::printf("loss fell from %.4f to %.6f on every worker\n", first, last);
 
     const int victim = workers - 1;
     std::printf("killing worker %d ...\n", victim);
