@@ -17,7 +17,7 @@ using wire::Writer;
 // Handles
 
 TensorImpl::~TensorImpl() {
-  if (mesh.engine()) mesh.engine()->release(id);
+  if (mesh.engine()) mesh.engine()->release(id, mesh.info()->ranks);
 }
 
 const Meta& TensorImpl::meta() {
@@ -461,7 +461,17 @@ std::vector<Tensor> Engine::call(const DeviceMesh& mesh, const OpInfo& op, const
   w.put<int32_t>(ask ? pending->rank : -1);
   const uint32_t len = static_cast<uint32_t>(frame_.size() - wire::kFrameHeaderBytes);
   std::memcpy(frame_.data(), &len, sizeof len);
-  post_all(mesh.info()->ranks, frame_);
+  {
+    // Queued frees for these workers go first, in the same write.
+    std::lock_guard<std::mutex> flk(free_mu_);
+    Controller::Impl& c = impl();
+    for (int r : mesh.info()->ranks) {
+      free_frame_.clear();
+      append_frees_locked(r, free_frame_);
+      if (!free_frame_.empty()) c.post(r, free_frame_.data(), free_frame_.size());
+      c.post(r, frame_.data(), frame_.size());
+    }
+  }
   return outs;
 }
 
@@ -523,7 +533,7 @@ std::vector<Tensor> Engine::call_remote(const DeviceMesh& mesh, const std::strin
   if (!pending->error.empty()) {
     // The outputs are unknown, and so is their number: release the reserved
     // ids and report the failure.
-    for (uint32_t i = 0; i < kMaxOutputs; ++i) release(c.out_base + i);
+    for (uint32_t i = 0; i < kMaxOutputs; ++i) release(c.out_base + i, mesh.info()->ranks);
     throw RemoteError(c.reporter, pending->error_op, pending->error);
   }
   for (size_t i = 0; i < pending->metas.size(); ++i) {
@@ -566,7 +576,7 @@ uint64_t Engine::fetch(int rank, uint64_t id) {
   std::lock_guard<std::recursive_mutex> lk(mu_);
   {
     std::lock_guard<std::mutex> flk(free_mu_);
-    flush_frees_locked();
+    flush_frees_locked(-1);
   }
   impl().post_now(rank, wire::encode_frame(wire::Fetch{request, id}));
   return request;
@@ -643,7 +653,7 @@ int64_t Engine::live_tensors(int rank) {
   {
     std::lock_guard<std::recursive_mutex> lk(mu_);
     std::lock_guard<std::mutex> flk(free_mu_);
-    flush_frees_locked();
+    flush_frees_locked(-1);
     impl().post_now(rank, wire::encode_frame(wire::Stats{request}));
   }
   wire::Reply reply = impl().wait_reply(rank, request, std::nullopt);
@@ -655,28 +665,42 @@ void Engine::sync(const DeviceMesh& mesh, std::optional<std::chrono::millisecond
   {
     std::lock_guard<std::recursive_mutex> lk(mu_);
     std::lock_guard<std::mutex> flk(free_mu_);
-    flush_frees_locked();
+    flush_frees_locked(-1);
   }
   impl().sync_ranks(mesh.info()->ranks, timeout);
 }
 
-void Engine::release(uint64_t id) noexcept {
+void Engine::release(uint64_t id, const std::vector<int>& ranks) noexcept {
   std::lock_guard<std::mutex> lk(free_mu_);
   if (!impl_) return;
-  frees_.push_back(id);
-  if (frees_.size() >= 256) flush_frees_locked();
+  if (frees_.empty()) frees_.resize(static_cast<size_t>(impl_->size()));
+  for (int r : ranks) {
+    auto& q = frees_[static_cast<size_t>(r)];
+    q.push_back(id);
+    if (q.size() >= 1024) flush_frees_locked(r);
+  }
 }
 
-// Sends the batched frees to every worker (a worker forgets only the ids it
-// holds). Called with free_mu_ held.
-void Engine::flush_frees_locked() {
-  if (frees_.empty() || !impl_) return;
-  wire::Free f;
-  f.ids.swap(frees_);
-  const auto frame = wire::encode_frame(f);
+void Engine::append_frees_locked(int rank, std::vector<uint8_t>& out) {
+  if (frees_.empty()) return;
+  auto& q = frees_[static_cast<size_t>(rank)];
+  if (q.empty()) return;
+  wire::append_frame(out, wire::MsgType::kFree, [&](Writer& w) {
+    w.put(static_cast<uint32_t>(q.size()));
+    for (uint64_t id : q) w.put(id);
+  });
+  q.clear();
+}
+
+void Engine::flush_frees_locked(int rank) {
+  if (!impl_ || frees_.empty()) return;
   for (int r = 0; r < impl_->size(); ++r) {
+    if (rank >= 0 && r != rank) continue;
+    free_frame_.clear();
+    append_frees_locked(r, free_frame_);
+    if (free_frame_.empty()) continue;
     try {
-      impl_->post(r, frame.data(), frame.size());
+      impl_->post(r, free_frame_.data(), free_frame_.size());
     } catch (const WorkerLost&) {
     }
   }

@@ -90,7 +90,11 @@ class Engine : public std::enable_shared_from_this<Engine> {
   int64_t live_tensors(int rank);
   void sync(const DeviceMesh& mesh, std::optional<std::chrono::milliseconds> timeout);
 
-  void release(uint64_t id) noexcept;
+  // Queues the freeing of a tensor on the workers that hold it. Frees ride
+  // in front of the next op sent to each worker (so dead shards go at once,
+  // and their memory is reused while still warm), or go out on their own at
+  // a sync, a fetch, or once many have queued.
+  void release(uint64_t id, const std::vector<int>& ranks) noexcept;
   uint64_t new_tensor_id() { return next_tensor_id_++; }
   Controller::Impl& impl();
 
@@ -105,7 +109,9 @@ class Engine : public std::enable_shared_from_this<Engine> {
   };
 
   void define(const OpInfo& op);
-  void flush_frees_locked();
+  // With free_mu_ held: sends the queued frees of `rank` (all ranks: -1).
+  void flush_frees_locked(int rank);
+  void append_frees_locked(int rank, std::vector<uint8_t>& out);
   void post_all(const std::vector<int>& ranks, const std::vector<uint8_t>& frame);
   // Runs the op on meta tensors (the cache missed).
   CacheEntry infer(const OpInfo& op, const Arg* args, size_t nargs);
@@ -122,7 +128,8 @@ class Engine : public std::enable_shared_from_this<Engine> {
   bool grad_enabled_ = true;
 
   std::mutex free_mu_;
-  std::vector<uint64_t> frees_;
+  std::vector<std::vector<uint64_t>> frees_;  // per worker rank
+  std::vector<uint8_t> free_frame_;
 };
 
 }  // namespace cox::tensor
