@@ -84,6 +84,8 @@ const OpInfo& intern_op(const std::string& name, const std::string& overload) {
     op.return_writes_arg.push_back(writes);
     if (ret.type()->kind() == c10::TypeKind::ListType) op.returns_list = true;
   }
+  op.is_detach = name == "aten::detach";
+  op.is_requires_grad_ = name == "aten::requires_grad_";
   reg.by_name.emplace(qualified, &op);
   return op;
 }
@@ -430,9 +432,10 @@ std::vector<Tensor> Engine::call(const DeviceMesh& mesh, const OpInfo& op, const
     pending->cache_key = key_;
   }
   bool requires_grad = grad_enabled_ && any_requires_grad;
-  if (op.name == "aten::detach") requires_grad = false;
-  if (op.name == "aten::requires_grad_") {
-    requires_grad = nargs > 1 ? std::get<bool>(args[1].value()) : true;
+  if (op.is_detach) requires_grad = false;
+  if (op.is_requires_grad_) {
+    const bool* flag = nargs > 1 ? std::get_if<bool>(&args[1].value()) : nullptr;
+    requires_grad = flag ? *flag : true;
   }
   w.put(static_cast<uint16_t>(entry.outs.size()));
   uint32_t pending_index = 0;
@@ -440,7 +443,7 @@ std::vector<Tensor> Engine::call(const DeviceMesh& mesh, const OpInfo& op, const
     if (o.writes_arg >= 0) {
       w.put<uint64_t>(0);
       const auto& t = std::get<1>(args[o.writes_arg].value());
-      if (op.name == "aten::requires_grad_") t->requires_grad = requires_grad;
+      if (op.is_requires_grad_) t->requires_grad = requires_grad;
       outs.emplace_back(t);
       continue;
     }

@@ -59,6 +59,8 @@ struct OpInfo {
   std::vector<bool> has_default;
   std::vector<int> return_writes_arg;    // per return: the argument it writes in place, or -1
   bool returns_list = false;             // some return is a Tensor[]
+  // Ops that set requires_grad on their output themselves.
+  bool is_detach = false, is_requires_grad_ = false;
 
   explicit OpInfo(c10::OperatorHandle h) : handle(std::move(h)) {}
 };
