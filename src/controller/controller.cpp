@@ -732,6 +732,14 @@ void Controller::Impl::sync(std::optional<milliseconds> timeout) {
   sync_ranks(all, timeout);
 }
 
+void Controller::Impl::wake(std::vector<std::shared_ptr<transport::Channel>>& channels) {
+  if (channels.empty()) return;
+  asio::post(io_, [cs = std::move(channels)] {
+    for (auto& c : cs) c->start_write();
+  });
+  channels.clear();
+}
+
 void Controller::Impl::post_now(int rank, const std::vector<uint8_t>& bytes) {
   Worker& w = worker(rank);
   if (w.lost_flag.load(std::memory_order_relaxed)) throw_lost(rank);

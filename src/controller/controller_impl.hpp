@@ -52,13 +52,31 @@ class Controller::Impl {
   // the I/O thread flushes. Throws WorkerLost when the worker is gone.
   inline void post(int rank, const uint8_t* data, size_t n);
   void post(int rank, const std::vector<uint8_t>& bytes) { post(rank, bytes.data(), bytes.size()); }
-  // The same bytes to several workers: encoded once, copied per worker.
+  // The same bytes to several workers: encoded once, copied per worker, and
+  // one wake-up of the I/O thread for all of them.
   void post(const std::vector<int>& ranks, const std::vector<uint8_t>& bytes) {
-    for (int r : ranks) post(r, bytes.data(), bytes.size());
+    Batch b(*this);
+    for (int r : ranks) b.add(r, bytes.data(), bytes.size());
   }
   void post_all(const std::vector<uint8_t>& bytes) {
-    for (int r = 0; r < size(); ++r) post(r, bytes.data(), bytes.size());
+    Batch b(*this);
+    for (int r = 0; r < size(); ++r) b.add(r, bytes.data(), bytes.size());
   }
+
+  // Sends to several workers that wake the I/O thread once, when the batch
+  // ends (even by an exception: what was added is sent).
+  class Batch {
+   public:
+    explicit Batch(Impl& impl) : impl_(impl) {}
+    ~Batch() { impl_.wake(wake_); }
+    Batch(const Batch&) = delete;
+    Batch& operator=(const Batch&) = delete;
+    inline void add(int rank, const uint8_t* data, size_t n);
+
+   private:
+    Impl& impl_;
+    std::vector<std::shared_ptr<transport::Channel>> wake_;
+  };
 
   // Like post(), but written at once when the stream is idle: for messages
   // someone is about to wait on.
@@ -97,6 +115,9 @@ class Controller::Impl {
   }
   [[noreturn]] void bad_rank(int rank) const;
   [[noreturn]] void throw_lost(int rank) const;
+
+  // Schedules start_write() on the I/O thread for each channel.
+  void wake(std::vector<std::shared_ptr<transport::Channel>>& channels);
 
   // I/O thread.
   void listen();
@@ -190,6 +211,12 @@ void Controller::Impl::post(int rank, const uint8_t* data, size_t n) {
   Worker& w = worker(rank);
   if (__builtin_expect(w.lost_flag.load(std::memory_order_relaxed), 0)) throw_lost(rank);
   w.channel->send(data, n);
+}
+
+void Controller::Impl::Batch::add(int rank, const uint8_t* data, size_t n) {
+  Worker& w = impl_.worker(rank);
+  if (__builtin_expect(w.lost_flag.load(std::memory_order_relaxed), 0)) impl_.throw_lost(rank);
+  if (w.channel->send_deferred(data, n)) wake_.push_back(w.channel);
 }
 
 }  // namespace cox

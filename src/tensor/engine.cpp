@@ -118,10 +118,7 @@ Controller::Impl& Engine::impl() {
   return *impl_;
 }
 
-void Engine::post_all(const std::vector<int>& ranks, const std::vector<uint8_t>& frame) {
-  Controller::Impl& c = impl();
-  for (int r : ranks) c.post(r, frame.data(), frame.size());
-}
+void Engine::post_all(const std::vector<int>& ranks, const std::vector<uint8_t>& frame) { impl().post(ranks, frame); }
 
 void Engine::define(const OpInfo& op) {
   if (op.id < defined_.size() && defined_[op.id]) return;
@@ -465,14 +462,15 @@ std::vector<Tensor> Engine::call(const DeviceMesh& mesh, const OpInfo& op, const
   const uint32_t len = static_cast<uint32_t>(frame_.size() - wire::kFrameHeaderBytes);
   std::memcpy(frame_.data(), &len, sizeof len);
   {
-    // Queued frees for these workers go first, in the same write.
+    // Queued frees for these workers go first, in the same write; one
+    // wake-up of the I/O thread for all of them.
     std::lock_guard<std::mutex> flk(free_mu_);
-    Controller::Impl& c = impl();
+    Controller::Impl::Batch batch(impl());
     for (int r : mesh.info()->ranks) {
       free_frame_.clear();
       append_frees_locked(r, free_frame_);
-      if (!free_frame_.empty()) c.post(r, free_frame_.data(), free_frame_.size());
-      c.post(r, frame_.data(), frame_.size());
+      if (!free_frame_.empty()) batch.add(r, free_frame_.data(), free_frame_.size());
+      batch.add(r, frame_.data(), frame_.size());
     }
   }
   return outs;

@@ -47,30 +47,42 @@ bool Channel::closed() const {
   return closed_;
 }
 
-void Channel::send(const uint8_t* data, size_t n) { enqueue(data, n, false); }
-void Channel::send_now(const uint8_t* data, size_t n) { enqueue(data, n, true); }
+void Channel::send(const uint8_t* data, size_t n) {
+  if (enqueue(data, n, false)) schedule_write();
+}
 
-void Channel::enqueue(const uint8_t* data, size_t n, bool now) {
+void Channel::send_now(const uint8_t* data, size_t n) {
+  if (enqueue(data, n, true)) schedule_write();
+}
+
+bool Channel::send_deferred(const uint8_t* data, size_t n) { return enqueue(data, n, false); }
+
+void Channel::schedule_write() {
+  asio::post(socket_.get_executor(), [self = shared_from_this()] { self->start_write(); });
+}
+
+// Appends; returns true when the caller must schedule start_write() on the
+// I/O thread (the channel was idle and nothing is scheduled yet).
+bool Channel::enqueue(const uint8_t* data, size_t n, bool now) {
   std::unique_lock<std::mutex> lk(mu_);
   if (pending_.size() > kHighWater) {
     ++blocked_senders_;
     drained_.wait(lk, [&] { return closed_ || pending_.size() <= kHighWater; });
     --blocked_senders_;
   }
-  if (closed_) return;
+  if (closed_) return false;
   pending_.insert(pending_.end(), data, data + n);
-  if (writing_ || flush_posted_) return;  // the write in progress picks it up
+  if (writing_ || flush_posted_) return false;  // the write in progress picks it up
   if (now) {
     ssize_t w = send_some(socket_.native_handle(), pending_.data(), pending_.size());
     if (w == static_cast<ssize_t>(pending_.size())) {
       pending_.clear();
-      return;
+      return false;
     }
     if (w > 0) pending_.erase(pending_.begin(), pending_.begin() + w);
   }
   flush_posted_ = true;
-  lk.unlock();
-  asio::post(socket_.get_executor(), [self = shared_from_this()] { self->start_write(); });
+  return true;
 }
 
 void Channel::start_write() {

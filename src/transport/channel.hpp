@@ -47,6 +47,12 @@ class Channel : public std::enable_shared_from_this<Channel> {
   void send(const std::vector<uint8_t>& bytes) { send(bytes.data(), bytes.size()); }
   void send_now(const uint8_t* data, size_t n);
   void send_now(const std::vector<uint8_t>& bytes) { send_now(bytes.data(), bytes.size()); }
+  // Appends without waking the I/O thread; returns true when the caller
+  // must call start_write() there (once, for any number of sends). Lets a
+  // message to many workers cost one wake-up instead of one per worker.
+  bool send_deferred(const uint8_t* data, size_t n);
+  // I/O thread: writes what is pending.
+  void start_write();
   // Any thread: writes everything pending from the calling thread, blocking
   // until done or `timeout` passes; for a process about to exit.
   bool flush_blocking(std::chrono::milliseconds timeout);
@@ -59,8 +65,8 @@ class Channel : public std::enable_shared_from_this<Channel> {
   asio::any_io_executor executor() { return socket_.get_executor(); }
 
  private:
-  void enqueue(const uint8_t* data, size_t n, bool now);
-  void start_write();
+  bool enqueue(const uint8_t* data, size_t n, bool now);
+  void schedule_write();
   void write_out(std::unique_lock<std::mutex>& lk);
   void on_written(const std::error_code& ec);
   void read_more();
