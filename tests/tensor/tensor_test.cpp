@@ -247,6 +247,11 @@ TEST_CASE("a failing op makes error values, not dead workers", "[tensor][errors]
   Tensor after = relu(bad * 2.0);
   REQUIRE_THROWS_WITH(after.fetch({0, 0}).get(), Catch::Contains("aten::index_select failed on worker 0") &&
                                                      Catch::Contains("index out of range"));
+  // Out of memory: 4 EiB on every worker, more than any address space holds
+  // (so the allocation fails whatever the overcommit policy).
+  Tensor huge = zeros(m, {int64_t{1} << 60});
+  REQUIRE(huge.sizes() == std::vector<int64_t>{int64_t{1} << 60});  // the shape itself is fine
+  REQUIRE_THROWS_AS((huge + 1.0).sum().fetch({0, 1}).get(), RemoteError);
   // Unrelated work on the same mesh carries on.
   require_same(a * 3.0, at::ones({4, 5}) * 3);
   m.sync();
