@@ -512,31 +512,55 @@ std::vector<Tensor> Engine::call_remote(const DeviceMesh& mesh, const std::strin
   constexpr uint32_t kMaxOutputs = 256;
   wire::CallRemote c;
   c.name = name;
+  // The signature: name, inputs' metadata, scalar values.
+  std::string key = name;
+  key.push_back('\0');
   for (const auto& t : inputs) {
     COX_CHECK_ARG(t.defined(), "call_remote('{}'): an input is an undefined tensor", name);
     c.inputs.push_back(t.impl()->id);
+    encode_tensor_key(key, t.impl()->meta());
   }
+  put_key(key, scalars.data(), scalars.size() * sizeof(double));
   c.scalars = scalars;
+  c.reporter = mesh.info()->ranks.front();
+
+  std::unique_lock<std::recursive_mutex> lk(mu_);
+  if (auto it = remote_cache_.find(key); it != remote_cache_.end()) {
+    // Known signature: no waiting. The workers check that the function
+    // returns as many tensors as last time; if not, or if it fails, the
+    // outputs become error values.
+    const std::vector<Meta>& metas = it->second;
+    c.max_outputs = static_cast<uint32_t>(metas.size());
+    c.out_base = next_tensor_id_.fetch_add(std::max<uint64_t>(metas.size(), 1));
+    c.meta_request = 0;
+    post_all(mesh.info()->ranks, wire::encode_frame(c));
+    std::vector<Tensor> outs;
+    for (size_t i = 0; i < metas.size(); ++i) {
+      auto t = std::make_shared<TensorImpl>(mesh, c.out_base + i);
+      t->known = metas[i];
+      outs.emplace_back(std::move(t));
+    }
+    return outs;
+  }
+  // First call with this signature: the reporting worker says how many
+  // outputs there are and what they are.
   c.max_outputs = kMaxOutputs;
   c.out_base = next_tensor_id_.fetch_add(kMaxOutputs);
   c.meta_request = impl().new_request_id();
-  c.reporter = mesh.info()->ranks.front();
-  {
-    std::lock_guard<std::recursive_mutex> lk(mu_);
-    post_all(mesh.info()->ranks, wire::encode_frame(c));
-  }
-  // The reporting worker says how many outputs there are and what they are.
+  post_all(mesh.info()->ranks, wire::encode_frame(c));
+  lk.unlock();
   auto pending = std::make_shared<PendingMeta>();
   pending->request = c.meta_request;
   pending->rank = c.reporter;
   resolve(*pending);
-  std::vector<Tensor> outs;
   if (!pending->error.empty()) {
-    // The outputs are unknown, and so is their number: release the reserved
-    // ids and report the failure.
+    // The number of outputs is unknown: free every reserved id.
     for (uint32_t i = 0; i < kMaxOutputs; ++i) release(c.out_base + i, mesh.info()->ranks);
     throw RemoteError(c.reporter, pending->error_op, pending->error);
   }
+  lk.lock();
+  remote_cache_.emplace(key, pending->metas);
+  std::vector<Tensor> outs;
   for (size_t i = 0; i < pending->metas.size(); ++i) {
     auto t = std::make_shared<TensorImpl>(mesh, c.out_base + i);
     t->known = pending->metas[i];

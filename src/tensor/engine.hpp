@@ -124,6 +124,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
   Controller::Impl* impl_;
   std::vector<bool> defined_;  // op ids announced to the workers
   std::unordered_map<std::string, CacheEntry> cache_;
+  std::unordered_map<std::string, std::vector<Meta>> remote_cache_;  // remote function signatures
   std::vector<uint8_t> frame_;
   std::string key_;
   std::atomic<uint64_t> next_tensor_id_{1};

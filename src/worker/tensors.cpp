@@ -287,9 +287,16 @@ void Tensors::load_library(const wire::LoadLibrary& m) {
 }
 
 void Tensors::call_remote(const wire::CallRemote& m) {
-  const bool report = m.reporter == rank_ && m.meta_request != 0;
+  // meta_request == 0: the controller knows the signature and expects
+  // exactly max_outputs tensors; otherwise the reporter tells it what came.
+  const bool known = m.meta_request == 0;
+  const bool report = !known && m.reporter == rank_;
   auto failed = [&](const Failure& f) {
     if (report) reply_error(m.meta_request, f);
+    if (known) {
+      auto shared = std::make_shared<Failure>(f);
+      for (uint32_t i = 0; i < m.max_outputs; ++i) fail(m.out_base + i, shared);
+    }
   };
   auto it = remote_.find(m.name);
   if (it == remote_.end()) return failed(Failure{m.name, "no remote function of that name is loaded"});
@@ -305,8 +312,9 @@ void Tensors::call_remote(const wire::CallRemote& m) {
   } catch (const std::exception& e) {
     return failed(Failure{m.name, message_of(e)});
   }
-  if (outs.size() > m.max_outputs) {
-    return failed(Failure{m.name, fmt::format("returned {} tensors, more than the {} allowed", outs.size(), m.max_outputs)});
+  if (known ? outs.size() != m.max_outputs : outs.size() > m.max_outputs) {
+    return failed(Failure{m.name, fmt::format("returned {} tensors where {} {} expected", outs.size(),
+                                              known ? "exactly" : "at most", m.max_outputs)});
   }
   for (size_t i = 0; i < outs.size(); ++i) store(m.out_base + i, outs[i]);
   if (report) reply_metas(m.meta_request, outs);

@@ -325,9 +325,27 @@ TEST_CASE("remote functions from a plugin library", "[tensor][remote]") {
   Tensor p = from_local(m, a), g = from_local(m, b);
   REQUIRE(call_remote(m, "sgd_step", {p, g}, {0.5}).empty());
   require_same(p, a - b * 0.5);
+  // The second call with a known signature does not wait for a worker.
+  auto again = call_remote(m, "scaled_add", {from_local(m, b), from_local(m, a)}, {2.0});
+  require_same(again[0], b * 2 + a);
+  REQUIRE(again[1].sizes().empty());
   REQUIRE_THROWS_WITH(call_remote(m, "scaled_add", {p}, {}), Catch::Contains("takes 2 tensors"));
   REQUIRE_THROWS_WITH(call_remote(m, "nope", {p}, {}), Catch::Contains("no remote function of that name"));
   REQUIRE_THROWS_AS(m.load_library("/nonexistent/libplugin.so"), RemoteError);
+  // A known signature whose input is an error value (of known metadata: the
+  // gradient of a tensor that has none): the outputs become error values
+  // too, surfaced at fetch.
+  Tensor no_grad_input = from_local(m, a).grad();
+  auto poisoned = call_remote(m, "scaled_add", {no_grad_input, from_local(m, b)}, {2.0});
+  REQUIRE(poisoned.size() == 2);
+  REQUIRE_THROWS_WITH(poisoned[1].fetch({1, 0}).get(), Catch::Contains("no gradient"));
+  // An input computed by a failed op: the call fails at once where the
+  // input's metadata never came (no meta kernel for the op), else at fetch.
+  Tensor sample = call_op("aten::multinomial", "", {from_local(m, at::tensor({0.5, -1.0})), int64_t{1}})[0];
+  auto call_and_fetch = [&] {
+    call_remote(m, "scaled_add", {from_local(m, a) + sample.to(at::kFloat), p}, {2.0})[0].fetch({0, 0}).get();
+  };
+  REQUIRE_THROWS_WITH(call_and_fetch(), Catch::Contains("aten::multinomial"));
 }
 
 TEST_CASE("sub-meshes run ops on their members only", "[tensor][mesh]") {
