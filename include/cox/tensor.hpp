@@ -293,7 +293,9 @@ class COX_API NoGradGuard {
 
 // Calls a remote function (COX_REMOTE_FUNCTION in a library loaded with
 // DeviceMesh::load_library) on every worker of the mesh; returns one handle
-// per output, with metadata reported by a worker.
+// per output. The first call with a signature (name, inputs' metadata,
+// scalars) waits for a worker to report the outputs' count and metadata;
+// later calls reuse them without waiting.
 COX_API std::vector<Tensor> call_remote(const DeviceMesh& mesh, const std::string& name,
                                         const std::vector<Tensor>& inputs, const std::vector<double>& scalars = {});
 
