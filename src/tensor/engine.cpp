@@ -10,6 +10,10 @@
 namespace cox::tensor {
 
 using wire::ArgTag;
+
+namespace {
+constexpr size_t kMaxCacheEntries = 1 << 16;
+}  // namespace
 using wire::Reader;
 using wire::Writer;
 
@@ -413,7 +417,13 @@ std::vector<Tensor> Engine::call(const DeviceMesh& mesh, const OpInfo& op, const
     found = &upstream_entry;
   } else {
     auto it = cache_.find(key_);
-    if (it == cache_.end()) it = cache_.emplace(key_, infer(op, args, nargs)).first;
+    if (it == cache_.end()) {
+      CacheEntry inferred = infer(op, args, nargs);
+      // Bounded: a program whose shapes never repeat starts over rather than
+      // growing without end.
+      if (cache_.size() >= kMaxCacheEntries) cache_.clear();
+      it = cache_.emplace(key_, std::move(inferred)).first;
+    }
     found = &it->second;
   }
   const CacheEntry& entry = *found;
