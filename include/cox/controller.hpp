@@ -79,6 +79,10 @@ struct ControllerOptions {
   // its controller for this long exits.
   std::chrono::milliseconds heartbeat_timeout{10000};
   size_t max_frame_bytes = size_t{1} << 30;
+  // How long a collective (or a transfer, or setting up a communicator) may
+  // wait for its peers on a worker before it fails there. A peer that dies
+  // is noticed at once; this bounds the wait for one that hangs.
+  std::chrono::milliseconds collective_timeout{std::chrono::minutes(10)};
   // Lines of stderr kept per worker for WorkerLost messages.
   size_t stderr_lines_kept = 20;
   OutputSink output_sink;  // empty: default_output_sink()

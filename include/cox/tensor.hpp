@@ -163,6 +163,11 @@ class COX_API Tensor {
   Tensor& requires_grad_(bool enabled = true);
   Tensor detach() const;
 
+  // The same shards on another mesh of the same dim sizes: each worker's
+  // shard moves to the worker at the same coordinate of `dst` (a pipeline
+  // hop between stages). Not recorded by autograd.
+  Tensor to_mesh(const DeviceMesh& dst) const;
+
   // Arithmetic.
   Tensor add(const Tensor& o, double alpha = 1) const;
   Tensor sub(const Tensor& o, double alpha = 1) const;

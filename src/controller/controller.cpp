@@ -593,6 +593,9 @@ void Controller::Impl::on_frames(Worker& w, const uint8_t* data, size_t n) {
         wake = true;
         break;
       }
+      case wire::MsgType::kRendezvous:
+        on_rendezvous(w, wire::decode<wire::Rendezvous>(f));
+        break;
       case wire::MsgType::kLog: {
         auto m = wire::decode<wire::Log>(f);
         const bool err = m.stream == wire::Stream::kStderr;
@@ -637,15 +640,123 @@ void Controller::Impl::on_closed(Worker& w, const std::string& reason) {
 }
 
 void Controller::Impl::mark_lost(Worker& w, const std::string& reason) {
+  std::vector<std::pair<int, std::vector<uint8_t>>> replies;
   {
     std::lock_guard<std::mutex> lk(mu_);
     if (w.lost) return;
     w.lost = std::make_exception_ptr(
         WorkerLost(w.rank, reason, std::vector<std::string>(w.last_stderr.begin(), w.last_stderr.end())));
     w.lost_flag.store(true);
+    // No communicator that needs this worker can form now.
+    for (auto& [comm, r] : rendezvous_) {
+      if (std::find(r.ranks.begin(), r.ranks.end(), w.rank) != r.ranks.end()) {
+        fail_rendezvous_locked(comm, fmt::format("worker {} was lost before it joined: {}", w.rank, reason), replies);
+      }
+    }
   }
+  send_replies(replies);
   events_.fetch_add(1, std::memory_order_release);
   cv_.notify_all();
+}
+
+// ---------------------------------------------------------------------------
+// Rendezvous of communicators
+
+void Controller::Impl::expect_rendezvous(uint64_t comm, const std::vector<int>& ranks) {
+  std::vector<std::pair<int, std::vector<uint8_t>>> out;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    Rendezvous& r = rendezvous_[comm];
+    r.ranks = ranks;
+    r.blobs.assign(ranks.size(), std::nullopt);
+    for (int rank : ranks) {
+      if (workers_[static_cast<size_t>(rank)]->lost) {
+        fail_rendezvous_locked(comm, fmt::format("worker {} is lost", rank), out);
+        break;
+      }
+    }
+  }
+  send_replies(out);
+}
+
+void Controller::Impl::fail_rendezvous(uint64_t comm, const std::string& why) {
+  std::vector<std::pair<int, std::vector<uint8_t>>> out;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    fail_rendezvous_locked(comm, why, out);
+  }
+  send_replies(out);
+}
+
+void Controller::Impl::fail_rendezvous_locked(uint64_t comm, const std::string& why,
+                                              std::vector<std::pair<int, std::vector<uint8_t>>>& out) {
+  auto it = rendezvous_.find(comm);
+  if (it == rendezvous_.end() || !it->second.failed.empty()) return;
+  Rendezvous& r = it->second;
+  r.failed = why;
+  wire::RendezvousReply reply;
+  reply.comm = comm;
+  reply.ok = false;
+  reply.error = why;
+  const auto frame = wire::encode_frame(reply);
+  // Those who are waiting hear now; the rest when they arrive.
+  for (size_t i = 0; i < r.ranks.size(); ++i) {
+    if (r.blobs[i]) out.emplace_back(r.ranks[i], frame);
+  }
+}
+
+void Controller::Impl::send_replies(std::vector<std::pair<int, std::vector<uint8_t>>>& out) {
+  for (auto& [rank, frame] : out) {
+    Worker& w = *workers_[static_cast<size_t>(rank)];
+    if (w.channel && !w.lost_flag.load()) w.channel->send(frame);
+  }
+}
+
+void Controller::Impl::on_rendezvous(Worker& w, wire::Rendezvous m) {
+  std::vector<std::pair<int, std::vector<uint8_t>>> out;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    auto it = rendezvous_.find(m.comm);
+    if (it == rendezvous_.end()) {
+      throw ProtocolError(fmt::format("worker {} joined communicator {}, which is not being set up", w.rank, m.comm));
+    }
+    Rendezvous& r = it->second;
+    const auto me = std::find(r.ranks.begin(), r.ranks.end(), w.rank);
+    if (me == r.ranks.end() || r.blobs[static_cast<size_t>(me - r.ranks.begin())]) {
+      throw ProtocolError(fmt::format("worker {} joined communicator {} as a member it is not", w.rank, m.comm));
+    }
+    auto& slot = r.blobs[static_cast<size_t>(me - r.ranks.begin())];
+    slot = std::move(m.blob);
+    ++r.have;
+    if (!r.failed.empty()) {
+      wire::RendezvousReply reply;
+      reply.comm = m.comm;
+      reply.ok = false;
+      reply.error = r.failed;
+      out.emplace_back(w.rank, wire::encode_frame(reply));
+      if (r.have == r.ranks.size()) rendezvous_.erase(it);
+    } else if (r.have == r.ranks.size()) {
+      wire::RendezvousReply reply;
+      reply.comm = m.comm;
+      for (auto& b : r.blobs) reply.blobs.push_back(std::move(*b));
+      const auto frame = wire::encode_frame(reply);
+      for (int rank : r.ranks) out.emplace_back(rank, frame);
+      rendezvous_.erase(it);
+    }
+  }
+  send_replies(out);
+}
+
+void Controller::Impl::await_loss(const std::vector<int>& ranks, std::chrono::milliseconds limit) {
+  std::unique_lock<std::mutex> lk(mu_);
+  auto lost = [&]() -> std::exception_ptr {
+    for (int r : ranks) {
+      if (r >= 0 && r < size() && workers_[static_cast<size_t>(r)]->lost) return workers_[static_cast<size_t>(r)]->lost;
+    }
+    return nullptr;
+  };
+  cv_.wait_for(lk, limit, [&] { return lost() != nullptr || shut_down_; });
+  if (auto e = lost()) std::rethrow_exception(e);
 }
 
 void Controller::Impl::on_heartbeat_timer() {

@@ -95,6 +95,17 @@ class Controller::Impl {
   std::shared_ptr<tensor::Engine> engine();
   std::chrono::nanoseconds ping(int rank, std::optional<std::chrono::milliseconds> timeout);
 
+  // Collectives: the controller is the rendezvous of every communicator.
+  // Registers one before its members are told to join: each member sends a
+  // blob and, once all have, every member gets every blob; a member lost
+  // first makes the rendezvous fail for all, so none waits for ever.
+  void expect_rendezvous(uint64_t comm, const std::vector<int>& ranks);
+  void fail_rendezvous(uint64_t comm, const std::string& why);
+  const ControllerOptions& options() const noexcept { return opts_; }
+  // Waits up to `limit` for one of `ranks` to be lost, and throws its
+  // WorkerLost if so (a failed collective usually means a peer is going).
+  void await_loss(const std::vector<int>& ranks, std::chrono::milliseconds limit);
+
   int64_t worker_pid(int rank) const;
   std::vector<int> lost_workers() const;
   AttachInfo attach_info() const;
@@ -135,6 +146,11 @@ class Controller::Impl {
   void on_closed(Worker& w, const std::string& reason);
   void on_heartbeat_timer();
   void mark_lost(Worker& w, const std::string& reason);
+  void on_rendezvous(Worker& w, wire::Rendezvous m);
+  // With mu_ held: the replies that fail a rendezvous, to send after.
+  void fail_rendezvous_locked(uint64_t comm, const std::string& why,
+                              std::vector<std::pair<int, std::vector<uint8_t>>>& out);
+  void send_replies(std::vector<std::pair<int, std::vector<uint8_t>>>& out);
   void kill_child(Worker& w);
 
   // Waits (caller's thread) until pred() or a worker in `ranks` (all when
@@ -169,6 +185,13 @@ class Controller::Impl {
   std::unordered_map<uint64_t, wire::Reply> replies_;
   std::shared_ptr<tensor::Engine> engine_;
   std::vector<std::string> rejected_;
+  struct Rendezvous {
+    std::vector<int> ranks;
+    std::vector<std::optional<std::string>> blobs;
+    size_t have = 0;
+    std::string failed;  // why, once it failed
+  };
+  std::unordered_map<uint64_t, Rendezvous> rendezvous_;
   std::atomic<uint64_t> next_id_{0};
   // Bumped by the I/O thread after every change a waiter may wait for, so
   // that waiters can spin on it briefly before sleeping.

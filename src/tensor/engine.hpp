@@ -12,6 +12,7 @@
 #include <c10/util/SmallVector.h>
 
 #include <deque>
+#include <map>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -97,6 +98,20 @@ class Engine : public std::enable_shared_from_this<Engine> {
   // and their memory is reused while still warm), or go out on their own at
   // a sync, a fetch, or once many have queued.
   void release(uint64_t id, const std::vector<int>& ranks) noexcept;
+
+  // Collectives (tensor/collectives.cpp). `out` unset: in place.
+  Tensor collective(const Tensor& t, const std::vector<std::string>& dims, wire::Collective proto,
+                    const std::optional<Meta>& out);
+  void barrier(const DeviceMesh& mesh, const std::vector<std::string>& dims);
+  Tensor transfer(const Tensor& t, const DeviceMesh& dst, const std::vector<int64_t>& sources);
+  // The groups of `mesh` along `dims` (all dims when empty), with their
+  // communicators, set up on first use. Cached per (mesh view, dims).
+  struct Groups {
+    std::vector<std::vector<int>> members;  // global ranks, in group order
+    std::vector<uint64_t> comms;
+  };
+  const Groups& groups(const DeviceMesh& mesh, const std::vector<std::string>& dims);
+
   uint64_t new_tensor_id() { return next_tensor_id_++; }
   Controller::Impl& impl();
 
@@ -111,6 +126,9 @@ class Engine : public std::enable_shared_from_this<Engine> {
   };
 
   void define(const OpInfo& op);
+  // With mu_ held: the communicator of exactly these ranks, in this order;
+  // its members are told to set it up when it is new.
+  uint64_t comm_for(const std::vector<int>& ranks);
   // With free_mu_ held: sends the queued frees of `rank` (all ranks: -1).
   void flush_frees_locked(int rank);
   void append_frees_locked(int rank, std::vector<uint8_t>& out);
@@ -129,6 +147,10 @@ class Engine : public std::enable_shared_from_this<Engine> {
   std::string key_;
   std::atomic<uint64_t> next_tensor_id_{1};
   bool grad_enabled_ = true;
+  std::unordered_map<std::string, Groups> groups_;
+  std::map<std::vector<int>, uint64_t> comms_;
+  uint64_t next_comm_ = 1;
+  uint64_t next_transfer_ = 1;
 
   std::mutex free_mu_;
   std::vector<std::vector<uint64_t>> frees_;  // per worker rank

@@ -32,6 +32,11 @@ const char* to_string(MsgType t) noexcept {
     case MsgType::kLoadLibrary: return "load_library";
     case MsgType::kCallRemote: return "call_remote";
     case MsgType::kStats: return "stats";
+    case MsgType::kCommInit: return "comm_init";
+    case MsgType::kCollective: return "collective";
+    case MsgType::kTransfer: return "transfer";
+    case MsgType::kRendezvousReply: return "rendezvous_reply";
+    case MsgType::kRendezvous: return "rendezvous";
     case MsgType::kReply: return "reply";
     case MsgType::kSyncDone: return "sync_done";
     case MsgType::kEchoReply: return "echo_reply";
@@ -310,6 +315,127 @@ Reply Reply::decode(Reader& r) {
   return p;
 }
 
+namespace {
+template <class T>
+void put_vector(Writer& w, const std::vector<T>& v) {
+  w.put(static_cast<uint32_t>(v.size()));
+  for (const T& x : v) w.put(x);
+}
+template <class T>
+std::vector<T> get_vector(Reader& r, const char* what) {
+  const uint32_t n = r.get<uint32_t>(what);
+  if (n > r.remaining() / sizeof(T)) {
+    throw ProtocolError(fmt::format("truncated {}: {} values announced, {} bytes remain", what, n, r.remaining()));
+  }
+  std::vector<T> v(n);
+  for (auto& x : v) x = r.get<T>(what);
+  return v;
+}
+}  // namespace
+
+void CommInit::encode(Writer& w) const {
+  w.put(comm);
+  w.put(timeout_ms);
+  put_vector(w, ranks);
+}
+CommInit CommInit::decode(Reader& r) {
+  CommInit m;
+  m.comm = r.get<uint64_t>("comm_init.comm");
+  m.timeout_ms = r.get<uint32_t>("comm_init.timeout_ms");
+  m.ranks = get_vector<int32_t>(r, "comm_init.ranks");
+  return m;
+}
+
+void Collective::encode(Writer& w) const {
+  w.put(comm);
+  w.put(static_cast<uint8_t>(kind));
+  w.put(reduce);
+  w.put(a);
+  w.put(b);
+  w.put(in);
+  w.put(out);
+  w.put(dtype);
+  put_vector(w, sizes);
+}
+Collective Collective::decode(Reader& r) {
+  Collective m;
+  m.comm = r.get<uint64_t>("collective.comm");
+  const uint8_t kind = r.get<uint8_t>("collective.kind");
+  if (kind == 0 || kind > kMaxCollectiveKind) throw ProtocolError(fmt::format("unknown collective kind {}", kind));
+  m.kind = static_cast<CollectiveKind>(kind);
+  m.reduce = r.get<uint8_t>("collective.reduce");
+  m.a = r.get<int64_t>("collective.a");
+  m.b = r.get<int64_t>("collective.b");
+  m.in = r.get<uint64_t>("collective.in");
+  m.out = r.get<uint64_t>("collective.out");
+  m.dtype = r.get<uint8_t>("collective.dtype");
+  m.sizes = get_vector<int64_t>(r, "collective.sizes");
+  return m;
+}
+
+void Transfer::encode(Writer& w) const {
+  w.put(tag);
+  w.put(src);
+  w.put(static_cast<uint32_t>(sends.size()));
+  for (const Send& s : sends) {
+    w.put(s.comm);
+    w.put(s.peer);
+  }
+  w.put(out);
+  w.put(recv_comm);
+  w.put(recv_peer);
+  w.put(dtype);
+  put_vector(w, sizes);
+}
+Transfer Transfer::decode(Reader& r) {
+  Transfer m;
+  m.tag = r.get<uint64_t>("transfer.tag");
+  m.src = r.get<uint64_t>("transfer.src");
+  const uint32_t n = r.get<uint32_t>("transfer.sends");
+  if (n > r.remaining() / 12) throw ProtocolError(fmt::format("truncated transfer: {} sends announced", n));
+  m.sends.resize(n);
+  for (Send& s : m.sends) {
+    s.comm = r.get<uint64_t>("transfer.send.comm");
+    s.peer = r.get<int32_t>("transfer.send.peer");
+  }
+  m.out = r.get<uint64_t>("transfer.out");
+  m.recv_comm = r.get<uint64_t>("transfer.recv_comm");
+  m.recv_peer = r.get<int32_t>("transfer.recv_peer");
+  m.dtype = r.get<uint8_t>("transfer.dtype");
+  m.sizes = get_vector<int64_t>(r, "transfer.sizes");
+  return m;
+}
+
+void Rendezvous::encode(Writer& w) const {
+  w.put(comm);
+  w.put_string(blob);
+}
+Rendezvous Rendezvous::decode(Reader& r) {
+  Rendezvous m;
+  m.comm = r.get<uint64_t>("rendezvous.comm");
+  m.blob = r.get_string("rendezvous.blob");
+  return m;
+}
+
+void RendezvousReply::encode(Writer& w) const {
+  w.put(comm);
+  w.put<uint8_t>(ok);
+  w.put(static_cast<uint32_t>(blobs.size()));
+  for (const auto& b : blobs) w.put_string(b);
+  w.put_string(error);
+}
+RendezvousReply RendezvousReply::decode(Reader& r) {
+  RendezvousReply m;
+  m.comm = r.get<uint64_t>("rendezvous_reply.comm");
+  m.ok = r.get<uint8_t>("rendezvous_reply.ok") != 0;
+  const uint32_t n = r.get<uint32_t>("rendezvous_reply.blobs");
+  if (n > r.remaining() / 4) throw ProtocolError(fmt::format("truncated rendezvous_reply: {} blobs announced", n));
+  m.blobs.resize(n);
+  for (auto& b : m.blobs) b = r.get_string("rendezvous_reply.blob");
+  m.error = r.get_string("rendezvous_reply.error");
+  return m;
+}
+
 void validate(const FrameView& f) {
   switch (f.type) {
     case MsgType::kHello: decode<Hello>(f); return;
@@ -337,6 +463,11 @@ void validate(const FrameView& f) {
       return;
     }
     case MsgType::kFree: decode<Free>(f); return;
+    case MsgType::kCommInit: decode<CommInit>(f); return;
+    case MsgType::kCollective: decode<Collective>(f); return;
+    case MsgType::kTransfer: decode<Transfer>(f); return;
+    case MsgType::kRendezvous: decode<Rendezvous>(f); return;
+    case MsgType::kRendezvousReply: decode<RendezvousReply>(f); return;
     case MsgType::kFetch: decode<Fetch>(f); return;
     case MsgType::kPut: decode<Put>(f); return;
     case MsgType::kSeed: decode<Seed>(f); return;

@@ -11,6 +11,7 @@
 
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -55,11 +56,18 @@ enum class MsgType : uint8_t {
   kCallRemote = 50,   // call a remote function
   kStats = 51,        // reply with the number of live tensors
 
+  // Controller -> worker: collectives (tensor/collectives, worker/collectives)
+  kCommInit = 52,          // join a communicator: its id and member ranks
+  kCollective = 53,        // run a collective on a communicator
+  kTransfer = 54,          // point to point: send a tensor, receive one, or both
+  kRendezvousReply = 55,   // every member's blob for a communicator, or why not
+
   // Worker -> controller
   kSyncDone = 30,
   kEchoReply = 31,
   kError = 32,  // an operation failed: which one and why
   kLog = 33,    // a line of output, from workers whose output is not piped
+  kRendezvous = 34,  // a member's blob for a communicator being set up
   kReply = 60,  // the answer to a request (fetch, metadata, stats...)
 };
 
@@ -127,6 +135,22 @@ class FrameScanner {
       at += kFrameHeaderBytes + len;
     }
     return at;
+  }
+  // The first frame of [data, data+n): sets *frame and returns its size in
+  // bytes when it is whole; otherwise returns 0 and sets *need to the size
+  // of the whole frame, when its header is there (else 0).
+  size_t scan_one(const uint8_t* data, size_t n, std::optional<FrameView>* frame, size_t* need) const {
+    *need = 0;
+    if (n < kFrameHeaderBytes) return 0;
+    uint32_t len;
+    std::memcpy(&len, data, sizeof len);
+    check_header(len, data, n, 0);
+    if (n - kFrameHeaderBytes < len) {
+      *need = kFrameHeaderBytes + len;
+      return 0;
+    }
+    frame->emplace(FrameView{static_cast<MsgType>(data[kFrameHeaderBytes]), data + kFrameHeaderBytes + 1, len - 1});
+    return kFrameHeaderBytes + len;
   }
   size_t max_frame() const noexcept { return max_frame_; }
 
@@ -375,6 +399,76 @@ struct Stats {
   uint64_t request = 0;
   void encode(Writer& w) const { w.put(request); }
   static Stats decode(Reader& r) { return {r.get<uint64_t>("stats.request")}; }
+};
+
+struct CommInit {
+  static constexpr MsgType kType = MsgType::kCommInit;
+  uint64_t comm = 0;
+  uint32_t timeout_ms = 0;
+  std::vector<int32_t> ranks;  // members, in group order
+  void encode(Writer& w) const;
+  static CommInit decode(Reader& r);
+};
+
+enum class CollectiveKind : uint8_t {
+  kAllReduce = 1,
+  kReduceScatter = 2,
+  kAllGather = 3,
+  kAllToAll = 4,
+  kBroadcast = 5,
+  kBarrier = 6,
+};
+constexpr uint8_t kMaxCollectiveKind = 6;
+
+struct Collective {
+  static constexpr MsgType kType = MsgType::kCollective;
+  uint64_t comm = 0;
+  CollectiveKind kind = CollectiveKind::kAllReduce;
+  uint8_t reduce = 0;  // collectives::ReduceOp
+  int64_t a = 0;       // dim, split dim, or root
+  int64_t b = 0;       // concat dim
+  uint64_t in = 0;     // 0 for a barrier
+  uint64_t out = 0;    // 0: the result goes into `in`
+  uint8_t dtype = 0;   // the input's, as the controller knows it
+  std::vector<int64_t> sizes;
+  void encode(Writer& w) const;
+  static Collective decode(Reader& r);
+};
+
+struct Transfer {
+  static constexpr MsgType kType = MsgType::kTransfer;
+  struct Send {
+    uint64_t comm = 0;
+    int32_t peer = 0;  // rank within that communicator
+  };
+  uint64_t tag = 0;
+  uint64_t src = 0;  // tensor to send (0: none)
+  std::vector<Send> sends;
+  uint64_t out = 0;        // id for the received tensor (0: none)
+  uint64_t recv_comm = 0;  // 0 with out set: out is src (this worker is on both sides)
+  int32_t recv_peer = 0;
+  uint8_t dtype = 0;  // of the tensor moved
+  std::vector<int64_t> sizes;
+  void encode(Writer& w) const;
+  static Transfer decode(Reader& r);
+};
+
+struct Rendezvous {
+  static constexpr MsgType kType = MsgType::kRendezvous;
+  uint64_t comm = 0;
+  std::string blob;
+  void encode(Writer& w) const;
+  static Rendezvous decode(Reader& r);
+};
+
+struct RendezvousReply {
+  static constexpr MsgType kType = MsgType::kRendezvousReply;
+  uint64_t comm = 0;
+  bool ok = true;
+  std::vector<std::string> blobs;  // ok: one per member
+  std::string error;               // not ok
+  void encode(Writer& w) const;
+  static RendezvousReply decode(Reader& r);
 };
 
 struct Reply {

@@ -32,8 +32,9 @@ std::string describe(const at::Tensor& t) {
 
 }  // namespace
 
-Tensors::Tensors(int rank, at::Device device, std::function<void(const wire::Reply&)> reply)
-    : rank_(rank), device_(device), reply_(std::move(reply)) {}
+Tensors::Tensors(int rank, at::Device device, Hooks hooks) : rank_(rank), device_(device), hooks_(std::move(hooks)) {}
+
+Tensors::~Tensors() = default;
 
 const Tensors::Slot& Tensors::slot(uint64_t id) const {
   static const Slot missing{at::Tensor(), std::make_shared<Failure>(Failure{"lookup", "no such tensor"})};
@@ -181,8 +182,10 @@ void Tensors::reply_error(uint64_t request, const Failure& f) {
   Writer w(payload);
   w.put_string(f.op);
   w.put_string(f.message);
+  w.put(static_cast<uint32_t>(f.peers.size()));
+  for (int32_t p : f.peers) w.put(p);
   rep.payload.assign(payload.begin(), payload.end());
-  reply_(rep);
+  hooks_.reply(rep);
 }
 
 void Tensors::reply_metas(uint64_t request, const std::vector<at::Tensor>& outs) {
@@ -193,7 +196,7 @@ void Tensors::reply_metas(uint64_t request, const std::vector<at::Tensor>& outs)
   w.put(static_cast<uint16_t>(outs.size()));
   for (const auto& t : outs) tensor::Meta::of(t).encode(w);
   rep.payload.assign(payload.begin(), payload.end());
-  reply_(rep);
+  hooks_.reply(rep);
 }
 
 void Tensors::free(const wire::Free& m) {
@@ -217,7 +220,7 @@ void Tensors::fetch(const wire::Fetch& m) {
   tensor::Meta::of(c).encode(w);
   w.put_string(std::string_view(static_cast<const char*>(c.data_ptr()), c.nbytes()));
   rep.payload.assign(payload.begin(), payload.end());
-  reply_(rep);
+  hooks_.reply(rep);
 }
 
 void Tensors::put(const wire::Put& m) {
@@ -269,7 +272,7 @@ void Tensors::load_library(const wire::LoadLibrary& m) {
     rep.ok = false;
     const char* err = ::dlerror();
     rep.payload = err ? err : "dlopen failed";
-    return reply_(rep);
+    return hooks_.reply(rep);
   }
   using TableFn = const remote_detail::Entry* (*)(size_t*);
   auto table = reinterpret_cast<TableFn>(::dlsym(lib, "cox_remote_functions"));
@@ -277,13 +280,13 @@ void Tensors::load_library(const wire::LoadLibrary& m) {
     rep.ok = false;
     rep.payload = m.path + " defines no remote functions (no COX_REMOTE_FUNCTION in it)";
     ::dlclose(lib);
-    return reply_(rep);
+    return hooks_.reply(rep);
   }
   size_t n = 0;
   const remote_detail::Entry* entries = table(&n);
   for (size_t i = 0; i < n; ++i) remote_[entries[i].name] = entries[i].fn;
   libraries_.push_back(lib);
-  reply_(rep);
+  hooks_.reply(rep);
 }
 
 void Tensors::call_remote(const wire::CallRemote& m) {
@@ -327,7 +330,7 @@ void Tensors::stats(const wire::Stats& m) {
   Writer w(payload);
   w.put(static_cast<int64_t>(table_.size()));
   rep.payload.assign(payload.begin(), payload.end());
-  reply_(rep);
+  hooks_.reply(rep);
 }
 
 }  // namespace cox::worker

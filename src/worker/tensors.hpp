@@ -3,6 +3,7 @@
 // free them.
 #pragma once
 
+#include "collectives/communicator.hpp"
 #include "wire/messages.hpp"
 
 #include <ATen/core/Tensor.h>
@@ -16,12 +17,25 @@
 #include <unordered_map>
 #include <vector>
 
+namespace gloo::transport {
+class Device;
+}
+
 namespace cox::worker {
 
 class Tensors {
  public:
-  // `reply` sends a reply frame to the controller at once.
-  Tensors(int rank, at::Device device, std::function<void(const wire::Reply&)> reply);
+  struct Hooks {
+    // Sends a reply frame to the controller at once.
+    std::function<void(const wire::Reply&)> reply;
+    // Every member's blob for a communicator being set up (through the
+    // controller); throws collectives::CommError when the rendezvous fails.
+    std::function<std::vector<std::string>(uint64_t comm, const std::string& blob)> rendezvous;
+    // The address Gloo listens on: one this worker's peers can reach.
+    std::string gloo_hostname = "127.0.0.1";
+  };
+  Tensors(int rank, at::Device device, Hooks hooks);
+  ~Tensors();
 
   void define_op(const wire::DefineOp& m);
   void run_op(const wire::FrameView& f);
@@ -36,14 +50,30 @@ class Tensors {
   void load_library(const wire::LoadLibrary& m);
   void call_remote(const wire::CallRemote& m);
   void stats(const wire::Stats& m);
+  // Collectives (worker/collectives.cpp). A collective always runs, whatever
+  // its input, so that its peers never wait for this rank in vain; failures
+  // have no output to mark for a barrier and are returned as a message.
+  void comm_init(const wire::CommInit& m);
+  std::optional<std::string> collective(const wire::Collective& m);
+  std::optional<std::string> transfer(const wire::Transfer& m);
 
   size_t live() const noexcept { return table_.size(); }
 
  private:
   // A failed op's outputs, and everything computed from them.
   struct Failure {
+    Failure(std::string op, std::string message, std::vector<int32_t> peers = {})
+        : op(std::move(op)), message(std::move(message)), peers(std::move(peers)) {}
     std::string op;
     std::string message;
+    // For a communication failure: the (global) ranks it depended on; the
+    // controller reports WorkerLost when one of them is gone.
+    std::vector<int32_t> peers;
+  };
+  struct Comm {
+    std::unique_ptr<collectives::Communicator> comm;
+    std::vector<int32_t> ranks;  // global ranks, in group order
+    std::string error;           // set-up failed: why
   };
   struct Slot {
     at::Tensor tensor;
@@ -63,7 +93,7 @@ class Tensors {
 
   const int rank_;
   const at::Device device_;
-  std::function<void(const wire::Reply&)> reply_;
+  Hooks hooks_;
   std::vector<Op> ops_;
   // Open addressing: no allocation per stored tensor on the per-op path.
   ska::flat_hash_map<uint64_t, Slot> table_;
@@ -72,6 +102,8 @@ class Tensors {
                                                               const std::vector<double>&)>
       remote_;
   std::vector<void*> libraries_;
+  std::unordered_map<uint64_t, Comm> comms_;
+  std::shared_ptr<gloo::transport::Device> gloo_device_;
 };
 
 }  // namespace cox::worker

@@ -216,36 +216,70 @@ Session connect_and_handshake(const WorkerOptions& o, const std::string& token) 
 }
 
 // The controller's stream, read by the executor itself: while it waits for
-// work it sleeps in poll() on the socket, as a hand-written server would, so
+// work it sleeps in read() on the socket, as a hand-written server would, so
 // a message costs no hand-off between threads. (The I/O thread only sends
 // heartbeats and watches for the controller's disappearance.)
+//
+// A message may itself wait for a particular answer from the controller
+// (a rendezvous while a communicator is set up): wait_for() reads on,
+// setting aside the frames that arrive meanwhile; next() hands those out
+// first, in order.
 class StreamReader {
  public:
   StreamReader(int fd, size_t max_frame) : fd_(fd), scanner_(max_frame), buf_(256 * 1024) {}
 
-  // Runs `f` on each frame until it returns false (true) or the controller
-  // closes the stream (false).
-  template <class F>
-  bool run(F&& f) {
+  // The next frame, or nullopt when the controller closed the stream. The
+  // view is valid until the next call of next() or wait_for().
+  std::optional<wire::FrameView> next() {
+    if (!stash_.empty()) {
+      current_ = std::move(stash_.front());
+      stash_.pop_front();
+      return wire::FrameView{static_cast<wire::MsgType>(current_[0]), current_.data() + 1, current_.size() - 1};
+    }
+    return next_from_socket();
+  }
+
+  // Reads until a frame of type `type` that `match` accepts arrives; frames
+  // before it (heartbeats aside) are kept for next(). Returns a copy of the
+  // frame's payload; nullopt when the stream closed.
+  template <class Match>
+  std::optional<std::vector<uint8_t>> wait_for(wire::MsgType type, Match&& match) {
     for (;;) {
-      if (!fill()) return false;
-      size_t need = 0;
-      bool stop = false;
-      const size_t used = scanner_.scan(buf_.data(), have_, [&](const wire::FrameView& frame) {
-        if (!stop && !f(frame)) stop = true;
-      }, &need);
-      if (stop) return true;
-      std::memmove(buf_.data(), buf_.data() + used, have_ - used);
-      have_ -= used;
-      if (need > buf_.size()) buf_.resize(need);
+      auto f = next_from_socket();
+      if (!f) return std::nullopt;
+      if (f->type == type && match(*f)) return std::vector<uint8_t>(f->payload, f->payload + f->size);
+      if (f->type == wire::MsgType::kHeartbeat) continue;
+      std::vector<uint8_t> copy(f->size + 1);
+      copy[0] = static_cast<uint8_t>(f->type);
+      std::memcpy(copy.data() + 1, f->payload, f->size);
+      stash_.push_back(std::move(copy));
     }
   }
+
   bool idle() const noexcept { return idle_.load(std::memory_order_relaxed); }
   Clock::time_point last_receive() const noexcept {
     return Clock::time_point(Clock::duration(last_receive_.load(std::memory_order_relaxed)));
   }
 
  private:
+  std::optional<wire::FrameView> next_from_socket() {
+    for (;;) {
+      std::optional<wire::FrameView> frame;
+      size_t need = 0;
+      const size_t used = scanner_.scan_one(buf_.data() + pos_, have_ - pos_, &frame, &need);
+      if (frame) {
+        pos_ += used;
+        return frame;
+      }
+      // Nothing whole is left: keep the partial frame at the front.
+      std::memmove(buf_.data(), buf_.data() + pos_, have_ - pos_);
+      have_ -= pos_;
+      pos_ = 0;
+      if (need > buf_.size()) buf_.resize(need);
+      if (!fill()) return std::nullopt;
+    }
+  }
+
   bool fill() {
     if (have_ == buf_.size()) buf_.resize(buf_.size() * 2);
     for (;;) {
@@ -272,7 +306,10 @@ class StreamReader {
   const int fd_;
   wire::FrameScanner scanner_;
   std::vector<uint8_t> buf_;
-  size_t have_ = 0;
+  size_t pos_ = 0;   // start of the first frame not yet handed out
+  size_t have_ = 0;  // bytes in buf_
+  std::deque<std::vector<uint8_t>> stash_;  // type byte + payload
+  std::vector<uint8_t> current_;
   std::atomic<bool> idle_{false};
   std::atomic<Clock::rep> last_receive_{Clock::now().time_since_epoch().count()};
 };
@@ -376,8 +413,8 @@ struct WriteSide final : transport::Channel::Handler {
 
 class Executor {
  public:
-  Executor(int rank, transport::Channel& out)
-      : rank_(rank), out_(out), tensors_(rank, at::Device(at::kCPU), [this](const wire::Reply& r) { reply_now(r); }) {}
+  Executor(int rank, transport::Channel& out, StreamReader& in, std::string gloo_hostname)
+      : rank_(rank), out_(out), in_(in), tensors_(rank, at::Device(at::kCPU), hooks(std::move(gloo_hostname))) {}
 
   // Runs one frame; returns false on shutdown.
   bool run(const wire::FrameView& f) {
@@ -459,6 +496,17 @@ class Executor {
       case wire::MsgType::kSleep:
         std::this_thread::sleep_for(milliseconds(wire::decode<wire::Sleep>(f).ms));
         return true;
+      // Each decodes its frame before it may read the stream again (a
+      // rendezvous), which invalidates the frame.
+      case wire::MsgType::kCommInit:
+        tensors_.comm_init(wire::decode<wire::CommInit>(f));
+        return true;
+      case wire::MsgType::kCollective:
+        if (auto err = tensors_.collective(wire::decode<wire::Collective>(f))) report("barrier", *err);
+        return true;
+      case wire::MsgType::kTransfer:
+        if (auto err = tensors_.transfer(wire::decode<wire::Transfer>(f))) report("to_mesh", *err);
+        return true;
       default:
         throw ProtocolError(fmt::format("the controller sent a {} message, which only a worker sends",
                                         wire::to_string(f.type)));
@@ -466,6 +514,27 @@ class Executor {
   }
 
  private:
+  Tensors::Hooks hooks(std::string gloo_hostname) {
+    Tensors::Hooks h;
+    h.reply = [this](const wire::Reply& r) { reply_now(r); };
+    h.rendezvous = [this](uint64_t comm, const std::string& blob) { return rendezvous(comm, blob); };
+    h.gloo_hostname = std::move(gloo_hostname);
+    return h;
+  }
+
+  // Sends this member's blob and reads on until the controller answers.
+  std::vector<std::string> rendezvous(uint64_t comm, const std::string& blob) {
+    reply_now(wire::Rendezvous{comm, blob});
+    auto payload = in_.wait_for(wire::MsgType::kRendezvousReply, [&](const wire::FrameView& f) {
+      return wire::decode<wire::RendezvousReply>(f).comm == comm;
+    });
+    if (!payload) throw Error("lost the controller during a rendezvous");
+    auto reply = wire::decode<wire::RendezvousReply>(
+        wire::FrameView{wire::MsgType::kRendezvousReply, payload->data(), payload->size()});
+    if (!reply.ok) throw collectives::CommError("rendezvous failed: " + reply.error);
+    return std::move(reply.blobs);
+  }
+
   template <class M>
   void reply_now(const M& m) {
     buf_.clear();
@@ -482,11 +551,29 @@ class Executor {
 
   const int rank_;
   transport::Channel& out_;
+  StreamReader& in_;
   std::vector<uint8_t> buf_;
   uint64_t index_ = 0;
   uint64_t next_seq_ = 0;
   Tensors tensors_;
 };
+
+// The address this worker's Gloo listens on: $COX_GLOO_HOSTNAME, else the
+// local address of its connection to the controller (an interface its
+// peers can most likely reach too), else loopback for a local controller.
+std::string gloo_hostname(int control_fd) {
+  if (const char* h = std::getenv("COX_GLOO_HOSTNAME"); h && *h) return h;
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  if (::getsockname(control_fd, reinterpret_cast<sockaddr*>(&ss), &len) == 0 &&
+      (ss.ss_family == AF_INET || ss.ss_family == AF_INET6)) {
+    char host[NI_MAXHOST];
+    if (::getnameinfo(reinterpret_cast<sockaddr*>(&ss), len, host, sizeof host, nullptr, 0, NI_NUMERICHOST) == 0) {
+      return host;
+    }
+  }
+  return "127.0.0.1";
+}
 
 }  // namespace
 
@@ -551,10 +638,17 @@ int run_worker(const WorkerOptions& o) {
     io.run();
   });
 
-  Executor exec(o.rank, *channel);
+  Executor exec(o.rank, *channel, reader, gloo_hostname(s.fd));
   bool shut_down = false;
   try {
-    shut_down = reader.run([&](const wire::FrameView& f) { return exec.run(f); });
+    for (;;) {
+      auto f = reader.next();
+      if (!f) break;
+      if (!exec.run(*f)) {
+        shut_down = true;
+        break;
+      }
+    }
   } catch (const ProtocolError& e) {
     die(o.rank, std::string("protocol error in the controller's stream: ") + e.what());
   } catch (const Error& e) {

@@ -1,0 +1,395 @@
+// The Gloo communicator: Gloo's own algorithms where it has them (allreduce,
+// allgather, alltoall, broadcast, barrier), a ring over its unbound buffers
+// for reduce-scatter, and its unbound buffers for point to point.
+#include "collectives/gloo.hpp"
+
+#include <gloo/allgather.h>
+#include <gloo/allreduce.h>
+#include <gloo/alltoall.h>
+#include <gloo/barrier.h>
+#include <gloo/broadcast.h>
+#include <gloo/context.h>
+#include <gloo/transport/context.h>
+#include <gloo/transport/device.h>
+#include <gloo/transport/tcp/device.h>
+#include <gloo/transport/unbound_buffer.h>
+#include <gloo/types.h>
+
+#include <cstring>
+#include <type_traits>
+
+namespace cox::collectives {
+namespace {
+
+// Slots of our own point-to-point traffic, apart from the prefixes of
+// Gloo's algorithms (gloo/types.h uses 0x01-0x08): prefix in the top byte,
+// then a per-call tag, then a step.
+constexpr uint8_t kReduceScatterPrefix = 0x41;
+constexpr uint8_t kStatusPrefix = 0x42;
+constexpr uint8_t kPointToPointPrefix = 0x43;
+
+uint64_t slot(uint8_t prefix, uint64_t tag, uint32_t step = 0) {
+  return (uint64_t{prefix} << 56) | ((tag & 0xffffffffu) << 24) | (step & 0xffffffu);
+}
+
+struct BFloat16 {
+  uint16_t bits;
+};
+static_assert(sizeof(BFloat16) == 2);
+
+// Arithmetic in float for the 16-bit types, natively for the rest.
+template <class T>
+struct Arith {
+  using Wide = T;
+  static Wide load(T v) { return v; }
+  static T store(Wide v) { return v; }
+};
+template <>
+struct Arith<gloo::float16> {
+  using Wide = float;
+  static float load(gloo::float16 v) { return gloo::cpu_half2float(v); }
+  static gloo::float16 store(float v) { return gloo::cpu_float2half_rn(v); }
+};
+template <>
+struct Arith<BFloat16> {
+  using Wide = float;
+  static float load(BFloat16 v) {
+    const uint32_t u = uint32_t{v.bits} << 16;
+    float f;
+    std::memcpy(&f, &u, sizeof f);
+    return f;
+  }
+  static BFloat16 store(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return BFloat16{static_cast<uint16_t>((u >> 16) | 0x40)};  // NaN
+    u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
+    return BFloat16{static_cast<uint16_t>(u >> 16)};
+  }
+};
+
+template <class T, class Op>
+void elementwise(void* c_, const void* a_, const void* b_, size_t n, Op op) {
+  using A = Arith<T>;
+  T* c = static_cast<T*>(c_);
+  const T* a = static_cast<const T*>(a_);
+  const T* b = static_cast<const T*>(b_);
+  for (size_t i = 0; i < n; ++i) c[i] = A::store(op(A::load(a[i]), A::load(b[i])));
+}
+
+template <class T>
+gloo::AllreduceOptions::Func reduce_fn(ReduceOp op) {
+  using W = typename Arith<T>::Wide;
+  switch (op) {
+    case ReduceOp::kSum:
+    case ReduceOp::kAvg:
+      return [](void* c, const void* a, const void* b, size_t n) {
+        elementwise<T>(c, a, b, n, [](W x, W y) { return static_cast<W>(x + y); });
+      };
+    case ReduceOp::kProduct:
+      return [](void* c, const void* a, const void* b, size_t n) {
+        elementwise<T>(c, a, b, n, [](W x, W y) { return static_cast<W>(x * y); });
+      };
+    case ReduceOp::kMin:
+      return [](void* c, const void* a, const void* b, size_t n) {
+        elementwise<T>(c, a, b, n, [](W x, W y) { return y < x ? y : x; });
+      };
+    case ReduceOp::kMax:
+      return [](void* c, const void* a, const void* b, size_t n) {
+        elementwise<T>(c, a, b, n, [](W x, W y) { return y > x ? y : x; });
+      };
+  }
+  throw CommError("unknown reduce op");
+}
+
+// Divides a sum by the group size, for Avg (integers truncate toward zero).
+template <class T>
+void divide(void* data, size_t n, int by) {
+  using A = Arith<T>;
+  using W = typename A::Wide;
+  T* p = static_cast<T*>(data);
+  for (size_t i = 0; i < n; ++i) p[i] = A::store(static_cast<W>(A::load(p[i]) / static_cast<W>(by)));
+}
+
+template <class F>
+decltype(auto) with_type(DataType t, F&& f) {
+  switch (t) {
+    case DataType::kFloat32: return f(float{});
+    case DataType::kFloat64: return f(double{});
+    case DataType::kFloat16: return f(gloo::float16{});
+    case DataType::kBFloat16: return f(BFloat16{});
+    case DataType::kInt64: return f(int64_t{});
+    case DataType::kInt32: return f(int32_t{});
+    case DataType::kInt8: return f(int8_t{});
+    case DataType::kUInt8: return f(uint8_t{});
+  }
+  throw CommError("unknown data type");
+}
+
+// A gloo::Context connected through our rendezvous rather than a Store.
+class Context final : public gloo::Context {
+ public:
+  Context(int rank, int size, std::chrono::milliseconds timeout) : gloo::Context(rank, size) { setTimeout(timeout); }
+
+  void connect(const std::shared_ptr<gloo::transport::Device>& device, const Exchange& exchange) {
+    auto tctx = device->createContext(rank, size);
+    tctx->setTimeout(getTimeout());
+    // My blob: the address of my end of each pair, for peers in rank order.
+    std::string mine;
+    for (int peer = 0; peer < size; ++peer) {
+      if (peer == rank) continue;
+      const std::vector<char> addr = tctx->createPair(peer)->address().bytes();
+      const uint32_t n = static_cast<uint32_t>(addr.size());
+      mine.append(reinterpret_cast<const char*>(&n), sizeof n);
+      mine.append(addr.data(), addr.size());
+    }
+    const std::vector<std::string> all = exchange(mine);
+    if (all.size() != static_cast<size_t>(size)) {
+      throw CommError("rendezvous returned " + std::to_string(all.size()) + " blobs for " + std::to_string(size) +
+                      " ranks");
+    }
+    for (int peer = 0; peer < size; ++peer) {
+      if (peer == rank) continue;
+      // The peer's blob lists its pairs in rank order, skipping itself.
+      const int index = rank < peer ? rank : rank - 1;
+      const std::string& blob = all[static_cast<size_t>(peer)];
+      size_t at = 0;
+      std::vector<char> addr;
+      for (int k = 0; k <= index; ++k) {
+        uint32_t n = 0;
+        if (blob.size() < at + sizeof n) throw CommError("malformed Gloo address from rank " + std::to_string(peer));
+        std::memcpy(&n, blob.data() + at, sizeof n);
+        at += sizeof n;
+        if (blob.size() < at + n) throw CommError("malformed Gloo address from rank " + std::to_string(peer));
+        if (k == index) addr.assign(blob.data() + at, blob.data() + at + n);
+        at += n;
+      }
+      tctx->getPair(peer)->connect(addr);
+    }
+    device_ = device;
+    transportContext_ = std::move(tctx);
+  }
+};
+
+class GlooCommunicator final : public Communicator {
+ public:
+  GlooCommunicator(std::shared_ptr<Context> ctx, const CommOptions& o)
+      : Communicator(ctx->rank, ctx->size), ctx_(std::move(ctx)), timeout_(o.timeout) {}
+
+  ~GlooCommunicator() override {
+    try {
+      ctx_->closeConnections();
+    } catch (...) {
+    }
+  }
+
+  const char* backend() const noexcept override { return "gloo"; }
+
+  void all_reduce(const void* in, void* out, size_t count, DataType t, ReduceOp op) override {
+    guarded("all_reduce", [&] {
+      with_type(t, [&](auto tag) {
+        using T = decltype(tag);
+        gloo::AllreduceOptions opts(ctx_);
+        if (in != out) opts.setInput(const_cast<T*>(static_cast<const T*>(in)), count);
+        opts.setOutput(static_cast<T*>(out), count);
+        opts.setReduceFunction(reduce_fn<T>(op));
+        opts.setTag(next_tag());
+        opts.setTimeout(timeout_);
+        gloo::allreduce(opts);
+        if (op == ReduceOp::kAvg) divide<T>(out, count, size_);
+      });
+    });
+  }
+
+  // A ring: at step s rank r sends its partial sum of block r-s-1 to r+1
+  // and adds what r-1 sends (block r-s-2) to its own input; after size-1
+  // steps block r is complete on rank r. Send and receive overlap.
+  void reduce_scatter(const void* in, void* out, size_t count, DataType t, ReduceOp op) override {
+    guarded("reduce_scatter", [&] {
+      with_type(t, [&](auto tag) {
+        using T = decltype(tag);
+        const size_t bytes = count * sizeof(T);
+        const T* blocks = static_cast<const T*>(in);
+        if (size_ == 1) {
+          std::memcpy(out, in, bytes);
+        } else {
+          const auto reduce = reduce_fn<T>(op);
+          const uint32_t call = next_tag();
+          const int next = (rank_ + 1) % size_, prev = (rank_ + size_ - 1) % size_;
+          // Two running sums: the one sent at step s was made at step s-1,
+          // and is only overwritten at step s+1, after its send completed.
+          std::vector<T> partial[2] = {std::vector<T>(count), std::vector<T>(count)};
+          std::vector<T> incoming(count);
+          auto block = [&](int b) { return blocks + static_cast<size_t>((b % size_ + size_) % size_) * count; };
+          auto recv_buf = ctx_->createUnboundBuffer(incoming.data(), bytes);
+          for (int s = 0; s < size_ - 1; ++s) {
+            const void* send_ptr = s == 0 ? static_cast<const void*>(block(rank_ - 1)) : partial[(s + 1) % 2].data();
+            auto send_buf = ctx_->createUnboundBuffer(const_cast<void*>(send_ptr), bytes);
+            send_buf->send(next, slot(kReduceScatterPrefix, call, s));
+            recv_buf->recv(prev, slot(kReduceScatterPrefix, call, s));
+            recv_buf->waitRecv(timeout_);
+            void* dst = s == size_ - 2 ? out : partial[s % 2].data();
+            reduce(dst, block(rank_ - s - 2), incoming.data(), count);
+            send_buf->waitSend(timeout_);
+          }
+        }
+        if (op == ReduceOp::kAvg) divide<T>(out, count, size_);
+      });
+    });
+  }
+
+  void all_gather(const void* in, void* out, size_t count, DataType t) override {
+    guarded("all_gather", [&] {
+      const size_t bytes = count * element_size(t);
+      gloo::AllgatherOptions opts(ctx_);
+      opts.setInput(const_cast<char*>(static_cast<const char*>(in)), bytes);
+      opts.setOutput(static_cast<char*>(out), bytes * static_cast<size_t>(size_));
+      opts.setTag(next_tag());
+      opts.setTimeout(timeout_);
+      gloo::allgather(opts);
+    });
+  }
+
+  void all_to_all(const void* in, void* out, size_t count, DataType t) override {
+    guarded("all_to_all", [&] {
+      const size_t bytes = count * element_size(t) * static_cast<size_t>(size_);
+      gloo::AlltoallOptions opts(ctx_);
+      opts.setInput(const_cast<char*>(static_cast<const char*>(in)), bytes);
+      opts.setOutput(static_cast<char*>(out), bytes);
+      opts.setTag(next_tag());
+      opts.setTimeout(timeout_);
+      gloo::alltoall(opts);
+    });
+  }
+
+  void broadcast(const void* in, void* out, size_t count, DataType t, int root) override {
+    guarded("broadcast", [&] {
+      const size_t bytes = count * element_size(t);
+      if (rank_ == root && in != out) std::memcpy(out, in, bytes);
+      gloo::BroadcastOptions opts(ctx_);
+      opts.setOutput(static_cast<char*>(out), bytes);
+      opts.setRoot(root);
+      opts.setTag(next_tag());
+      opts.setTimeout(timeout_);
+      gloo::broadcast(opts);
+    });
+  }
+
+  void barrier() override {
+    guarded("barrier", [&] {
+      gloo::BarrierOptions opts(ctx_);
+      opts.setTag(next_tag());
+      opts.setTimeout(timeout_);
+      gloo::barrier(opts);
+    });
+  }
+
+  class GlooTransfer final : public Transfer {
+   public:
+    GlooTransfer(GlooCommunicator& comm, std::unique_ptr<gloo::transport::UnboundBuffer> buf, bool send)
+        : comm_(comm), buf_(std::move(buf)), send_(send) {}
+    void wait() override {
+      comm_.guarded(send_ ? "send" : "recv", [&] {
+        if (send_) {
+          buf_->waitSend(comm_.timeout_);
+        } else {
+          buf_->waitRecv(comm_.timeout_);
+        }
+      });
+    }
+
+   private:
+    GlooCommunicator& comm_;
+    std::unique_ptr<gloo::transport::UnboundBuffer> buf_;
+    bool send_;
+  };
+
+  std::unique_ptr<Transfer> start_send(const void* data, size_t bytes, int peer, uint64_t tag) override {
+    std::unique_ptr<Transfer> t;
+    guarded("send", [&] {
+      auto buf = ctx_->createUnboundBuffer(const_cast<void*>(data), bytes);
+      buf->send(peer, slot(kPointToPointPrefix, tag));
+      t = std::make_unique<GlooTransfer>(*this, std::move(buf), true);
+    });
+    return t;
+  }
+
+  std::unique_ptr<Transfer> start_recv(void* data, size_t bytes, int peer, uint64_t tag) override {
+    std::unique_ptr<Transfer> t;
+    guarded("recv", [&] {
+      auto buf = ctx_->createUnboundBuffer(data, bytes);
+      buf->recv(peer, slot(kPointToPointPrefix, tag));
+      t = std::make_unique<GlooTransfer>(*this, std::move(buf), false);
+    });
+    return t;
+  }
+
+  class GlooStatus final : public StatusExchange {
+   public:
+    GlooStatus(GlooCommunicator& comm, uint8_t mine) : comm_(comm), bytes_(static_cast<size_t>(comm.size_), 0) {
+      bytes_[static_cast<size_t>(comm.rank_)] = mine;
+      const uint32_t call = comm.next_tag();
+      status_slot_ = slot(kStatusPrefix, call);
+      mine_ = mine;
+      comm.guarded("status exchange", [&] {
+        for (int peer = 0; peer < comm.size_; ++peer) {
+          if (peer == comm.rank_) continue;
+          auto r = comm.ctx_->createUnboundBuffer(&bytes_[static_cast<size_t>(peer)], 1);
+          r->recv(peer, status_slot_);
+          recvs_.push_back(std::move(r));
+          auto s = comm.ctx_->createUnboundBuffer(&mine_, 1);
+          s->send(peer, status_slot_);
+          sends_.push_back(std::move(s));
+        }
+      });
+    }
+    std::vector<uint8_t> finish() override {
+      comm_.guarded("status exchange", [&] {
+        for (auto& r : recvs_) r->waitRecv(comm_.timeout_);
+        for (auto& s : sends_) s->waitSend(comm_.timeout_);
+      });
+      return bytes_;
+    }
+
+   private:
+    GlooCommunicator& comm_;
+    std::vector<uint8_t> bytes_;
+    uint8_t mine_ = 0;
+    uint64_t status_slot_ = 0;
+    std::vector<std::unique_ptr<gloo::transport::UnboundBuffer>> recvs_, sends_;
+  };
+
+  std::unique_ptr<StatusExchange> start_status_exchange(uint8_t mine) override {
+    return std::make_unique<GlooStatus>(*this, mine);
+  }
+
+ private:
+  uint32_t next_tag() { return tag_++; }
+
+  std::shared_ptr<Context> ctx_;
+  std::chrono::milliseconds timeout_;
+  uint32_t tag_ = 0;
+};
+
+}  // namespace
+
+std::shared_ptr<gloo::transport::Device> make_gloo_device(const std::string& hostname) {
+  gloo::transport::tcp::attr attr;
+  attr.hostname = hostname;
+  return gloo::transport::tcp::CreateDevice(attr);
+}
+
+std::unique_ptr<Communicator> connect_gloo(const std::shared_ptr<gloo::transport::Device>& device, int rank,
+                                           int size, const CommOptions& options, const Exchange& exchange) {
+  auto ctx = std::make_shared<Context>(rank, size, options.timeout);
+  try {
+    ctx->connect(device, exchange);
+  } catch (const CommError&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw CommError(std::string("gloo: connecting a group of ") + std::to_string(size) + " failed: " + e.what());
+  }
+  return std::make_unique<GlooCommunicator>(std::move(ctx), options);
+}
+
+}  // namespace cox::collectives

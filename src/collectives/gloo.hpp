@@ -1,0 +1,24 @@
+// Communicator over Gloo's TCP transport, for CPU workers.
+#pragma once
+
+#include "collectives/communicator.hpp"
+
+#include <memory>
+#include <string>
+
+namespace gloo::transport {
+class Device;
+}
+
+namespace cox::collectives {
+
+// One TCP device per process: it listens on `hostname`'s address and serves
+// every Gloo communicator of the process.
+std::shared_ptr<gloo::transport::Device> make_gloo_device(const std::string& hostname);
+
+// Connects a group of `size` processes (this one is `rank`): every pair of
+// members gets a TCP connection; addresses travel through `exchange`.
+std::unique_ptr<Communicator> connect_gloo(const std::shared_ptr<gloo::transport::Device>& device, int rank,
+                                           int size, const CommOptions& options, const Exchange& exchange);
+
+}  // namespace cox::collectives

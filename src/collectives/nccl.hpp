@@ -1,0 +1,33 @@
+// Communicator over NCCL, for CUDA workers. Compiles with the CUDA toolkit
+// and NCCL alone (no CUDA libtorch).
+//
+// Collectives are enqueued on the communicator's stream and return at once;
+// the caller orders that stream against its compute stream with events.
+// Communicators are non-blocking NCCL communicators, so that a wait that
+// runs past the timeout (a peer gone) can abort them instead of hanging.
+#pragma once
+
+#include "collectives/communicator.hpp"
+
+#include <cuda_runtime_api.h>
+
+#include <memory>
+
+namespace cox::collectives {
+
+// Creates a group from scratch: member 0 makes the NCCL unique id and the
+// others receive it through `exchange`. Runs on `device`, enqueues on `stream`.
+std::unique_ptr<Communicator> connect_nccl(int device, cudaStream_t stream, int rank, int size,
+                                           const CommOptions& options, const Exchange& exchange);
+
+// Splits a group out of `parent` (an NCCL communicator): every member of
+// `parent` must call this, in the same order; members with the same `color`
+// form a group, ranked by `key`; color < 0 joins no group (returns null).
+std::unique_ptr<Communicator> split_nccl(Communicator& parent, int color, int key, const CommOptions& options);
+
+// Waits until everything enqueued on the communicator's stream is done,
+// failing (and aborting the communicator) past the timeout or on an NCCL
+// error.
+void synchronize_nccl(Communicator& comm);
+
+}  // namespace cox::collectives

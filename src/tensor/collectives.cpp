@@ -1,0 +1,330 @@
+// Collectives and transfers on the controller: groups and communicators,
+// checks at the call site, result metadata, and the messages to the workers.
+#include <cox/collectives.hpp>
+
+#include "common/check.hpp"
+#include "tensor/engine.hpp"
+
+#include <ATen/ATen.h>
+
+namespace cox {
+namespace tensor {
+
+namespace {
+
+Meta contiguous_meta(at::ScalarType dtype, const c10::SmallVector<int64_t, 6>& sizes) {
+  Meta m;
+  m.dtype = dtype;
+  m.sizes = sizes;
+  m.strides.resize(sizes.size());
+  int64_t stride = 1;
+  for (size_t i = sizes.size(); i-- > 0;) {
+    m.strides[i] = stride;
+    stride *= std::max<int64_t>(sizes[i], 1);
+  }
+  return m;
+}
+
+bool collective_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat:
+    case at::kDouble:
+    case at::kHalf:
+    case at::kBFloat16:
+    case at::kLong:
+    case at::kInt:
+    case at::kChar:
+    case at::kByte:
+      return true;
+    default:
+      return false;
+  }
+}
+
+std::string dims_string(const std::vector<std::string>& dims) {
+  return dims.empty() ? std::string("all dims") : fmt::format("dims [{}]", fmt::join(dims, ", "));
+}
+
+}  // namespace
+
+uint64_t Engine::comm_for(const std::vector<int>& ranks) {
+  if (auto it = comms_.find(ranks); it != comms_.end()) return it->second;
+  const uint64_t id = next_comm_++;
+  Controller::Impl& c = impl();
+  wire::CommInit init;
+  init.comm = id;
+  init.timeout_ms = static_cast<uint32_t>(
+      std::min<int64_t>(c.options().collective_timeout.count(), std::numeric_limits<uint32_t>::max()));
+  init.ranks.assign(ranks.begin(), ranks.end());
+  c.expect_rendezvous(id, ranks);
+  try {
+    post_all(ranks, wire::encode_frame(init));
+  } catch (const WorkerLost& e) {
+    // Members already told must not wait for the one that is gone.
+    c.fail_rendezvous(id, e.what());
+    throw;
+  }
+  comms_.emplace(ranks, id);
+  return id;
+}
+
+const Engine::Groups& Engine::groups(const DeviceMesh& mesh, const std::vector<std::string>& dims) {
+  const Shape& shape = mesh.shape();
+  std::string key = shape.to_string(true);
+  for (const auto& d : dims) {
+    key.push_back('\0');
+    key += d;
+  }
+  if (auto it = groups_.find(key); it != groups_.end()) return it->second;
+  for (size_t i = 0; i < dims.size(); ++i) {
+    COX_CHECK_ARG(shape.has_dim(dims[i]), "mesh {} has no dim '{}'", shape.to_string(), dims[i]);
+    for (size_t j = 0; j < i; ++j) COX_CHECK_ARG(dims[i] != dims[j], "dim '{}' is listed twice", dims[i]);
+  }
+  Groups g;
+  for (const auto& members : shape.groups(dims.empty() ? shape.names() : dims)) {
+    std::vector<int> ranks(members.begin(), members.end());
+    g.comms.push_back(ranks.size() > 1 ? comm_for(ranks) : 0);
+    g.members.push_back(std::move(ranks));
+  }
+  return groups_.emplace(std::move(key), std::move(g)).first->second;
+}
+
+Tensor Engine::collective(const Tensor& t, const std::vector<std::string>& dims, wire::Collective proto,
+                          const std::optional<Meta>& out) {
+  const Meta& in = t.impl()->meta();
+  std::lock_guard<std::recursive_mutex> lk(mu_);
+  const Groups& g = groups(t.mesh(), dims);
+  std::shared_ptr<TensorImpl> result;
+  if (out) {
+    result = std::make_shared<TensorImpl>(t.mesh(), next_tensor_id_++);
+    result->known = *out;
+    proto.out = result->id;
+  }
+  proto.in = t.impl()->id;
+  proto.dtype = static_cast<uint8_t>(in.dtype);
+  proto.sizes.assign(in.sizes.begin(), in.sizes.end());
+  std::vector<uint8_t> frame;
+  for (size_t i = 0; i < g.members.size(); ++i) {
+    proto.comm = g.comms[i];
+    frame.clear();
+    // comm 0: a group of one, where the result is a copy of the input.
+    if (proto.comm == 0 && !out) continue;
+    wire::encode_frame(proto, frame);
+    post_all(g.members[i], frame);
+  }
+  return result ? Tensor(std::move(result)) : t;
+}
+
+void Engine::barrier(const DeviceMesh& mesh, const std::vector<std::string>& dims) {
+  std::lock_guard<std::recursive_mutex> lk(mu_);
+  const Groups& g = groups(mesh, dims);
+  wire::Collective proto;
+  proto.kind = wire::CollectiveKind::kBarrier;
+  for (size_t i = 0; i < g.members.size(); ++i) {
+    if (g.comms[i] == 0) continue;
+    proto.comm = g.comms[i];
+    post_all(g.members[i], wire::encode_frame(proto));
+  }
+}
+
+Tensor Engine::transfer(const Tensor& t, const DeviceMesh& dst, const std::vector<int64_t>& sources) {
+  const DeviceMesh& src_mesh = t.mesh();
+  COX_CHECK_ARG(dst.engine() == src_mesh.engine(), "send_recv: the destination mesh belongs to another controller");
+  const auto& src_ranks = src_mesh.info()->ranks;
+  const auto& dst_ranks = dst.info()->ranks;
+  COX_CHECK_ARG(sources.size() == dst_ranks.size(), "send_recv: {} sources for a destination mesh {} of {} workers",
+                sources.size(), dst.shape().to_string(), dst_ranks.size());
+  for (size_t j = 0; j < sources.size(); ++j) {
+    COX_CHECK_ARG(sources[j] >= 0 && sources[j] < static_cast<int64_t>(src_ranks.size()),
+                  "send_recv: source {} (for destination {}) is outside the source mesh {} of {} workers", sources[j],
+                  j, src_mesh.shape().to_string(), src_ranks.size());
+  }
+  const Meta& in = t.impl()->meta();
+  COX_CHECK_ARG(collective_dtype(in.dtype) || in.dtype == at::kBool || in.dtype == at::kShort,
+                "send_recv: tensors of dtype {} cannot move between workers", c10::toString(in.dtype));
+
+  std::lock_guard<std::recursive_mutex> lk(mu_);
+  auto out = std::make_shared<TensorImpl>(dst, next_tensor_id_++);
+  out->known = contiguous_meta(in.dtype, in.sizes);
+  // One message per worker involved, with everything it sends and receives.
+  std::map<int, wire::Transfer> msgs;
+  const uint64_t tag = next_transfer_++;
+  auto msg = [&](int rank) -> wire::Transfer& {
+    auto [it, fresh] = msgs.try_emplace(rank);
+    if (fresh) {
+      it->second.tag = tag;
+      it->second.dtype = static_cast<uint8_t>(in.dtype);
+      it->second.sizes.assign(in.sizes.begin(), in.sizes.end());
+    }
+    return it->second;
+  };
+  for (size_t j = 0; j < sources.size(); ++j) {
+    const int from = src_ranks[static_cast<size_t>(sources[j])];
+    const int to = dst_ranks[j];
+    wire::Transfer& s = msg(from);
+    s.src = t.impl()->id;
+    wire::Transfer& r = msg(to);
+    r.out = out->id;
+    if (from == to) continue;  // recv_comm 0: the worker keeps its own shard
+    const std::vector<int> pair{std::min(from, to), std::max(from, to)};
+    const uint64_t comm = comm_for(pair);
+    s.sends.push_back({comm, to == pair[0] ? 0 : 1});
+    r.recv_comm = comm;
+    r.recv_peer = from == pair[0] ? 0 : 1;
+  }
+  Controller::Impl::Batch batch(impl());
+  std::vector<uint8_t> frame;
+  for (auto& [rank, m] : msgs) {
+    frame.clear();
+    wire::encode_frame(m, frame);
+    batch.add(rank, frame.data(), frame.size());
+  }
+  return Tensor(std::move(out));
+}
+
+}  // namespace tensor
+
+// ---------------------------------------------------------------------------
+// The public functions
+
+namespace {
+
+using tensor::Meta;
+
+const tensor::TensorImpl& checked(const Tensor& t, const char* what) {
+  COX_CHECK_ARG(t.defined(), "{}: the tensor is undefined", what);
+  return *t.impl();
+}
+
+int64_t group_size(const Tensor& t, const Dims& dims) {
+  const Shape& s = t.mesh().shape();
+  int64_t n = 1;
+  if (dims.empty()) return s.size();
+  for (const auto& d : dims) {
+    COX_CHECK_ARG(s.has_dim(d), "mesh {} has no dim '{}'", s.to_string(), d);
+    n *= s.size(d);
+  }
+  return n;
+}
+
+const Meta& checked_meta(const Tensor& t, const char* what) {
+  const Meta& m = t.impl()->meta();
+  COX_CHECK_ARG(tensor::collective_dtype(m.dtype), "{}: tensors of dtype {} are not supported by collectives", what,
+                c10::toString(m.dtype));
+  return m;
+}
+
+int64_t wrap_dim(int64_t dim, size_t ndim, const char* what, const char* arg) {
+  const auto n = static_cast<int64_t>(ndim);
+  COX_CHECK_ARG(n > 0, "{}: a 0-d tensor has no dim {} ({})", what, dim, arg);
+  COX_CHECK_ARG(dim >= -n && dim < n, "{}: {} {} is out of range for a tensor of {} dims", what, arg, dim, n);
+  return dim < 0 ? dim + n : dim;
+}
+
+wire::Collective proto(wire::CollectiveKind kind, Reduce op) {
+  COX_CHECK_ARG(static_cast<uint8_t>(op) <= 4, "unknown Reduce value {}", static_cast<int>(op));
+  wire::Collective c;
+  c.kind = kind;
+  c.reduce = static_cast<uint8_t>(op);
+  return c;
+}
+
+}  // namespace
+
+Tensor all_reduce(const Tensor& t, const Dims& dims, Reduce op) {
+  checked(t, "all_reduce");
+  const Meta& m = checked_meta(t, "all_reduce");
+  group_size(t, dims);
+  auto c = proto(wire::CollectiveKind::kAllReduce, op);
+  return t.mesh().engine()->collective(t, dims, c, tensor::contiguous_meta(m.dtype, m.sizes));
+}
+
+Tensor& all_reduce_(Tensor& t, const Dims& dims, Reduce op) {
+  checked(t, "all_reduce_");
+  checked_meta(t, "all_reduce_");
+  group_size(t, dims);
+  t.mesh().engine()->collective(t, dims, proto(wire::CollectiveKind::kAllReduce, op), std::nullopt);
+  return t;
+}
+
+Tensor reduce_scatter(const Tensor& t, const Dims& dims, Reduce op, int64_t dim) {
+  checked(t, "reduce_scatter");
+  const Meta& m = checked_meta(t, "reduce_scatter");
+  const int64_t n = group_size(t, dims);
+  const int64_t d = wrap_dim(dim, m.sizes.size(), "reduce_scatter", "dim");
+  COX_CHECK_ARG(m.sizes[d] % n == 0,
+                "reduce_scatter over {} of mesh {}: dim {} of the {} tensor has size {}, which the group size {} does "
+                "not divide",
+                tensor::dims_string(dims), t.mesh().shape().to_string(), d, m.to_string(), m.sizes[d], n);
+  auto sizes = m.sizes;
+  sizes[d] /= n;
+  auto c = proto(wire::CollectiveKind::kReduceScatter, op);
+  c.a = d;
+  return t.mesh().engine()->collective(t, dims, c, tensor::contiguous_meta(m.dtype, sizes));
+}
+
+Tensor all_gather(const Tensor& t, const Dims& dims, int64_t dim) {
+  checked(t, "all_gather");
+  const Meta& m = checked_meta(t, "all_gather");
+  const int64_t n = group_size(t, dims);
+  const int64_t d = wrap_dim(dim, m.sizes.size(), "all_gather", "dim");
+  auto sizes = m.sizes;
+  sizes[d] *= n;
+  auto c = proto(wire::CollectiveKind::kAllGather, Reduce::Sum);
+  c.a = d;
+  return t.mesh().engine()->collective(t, dims, c, tensor::contiguous_meta(m.dtype, sizes));
+}
+
+Tensor all_to_all(const Tensor& t, const Dims& dims, int64_t split_dim, int64_t concat_dim) {
+  checked(t, "all_to_all");
+  const Meta& m = checked_meta(t, "all_to_all");
+  const int64_t n = group_size(t, dims);
+  const int64_t s = wrap_dim(split_dim, m.sizes.size(), "all_to_all", "split_dim");
+  const int64_t k = wrap_dim(concat_dim, m.sizes.size(), "all_to_all", "concat_dim");
+  COX_CHECK_ARG(m.sizes[s] % n == 0,
+                "all_to_all over {} of mesh {}: split dim {} of the {} tensor has size {}, which the group size {} "
+                "does not divide",
+                tensor::dims_string(dims), t.mesh().shape().to_string(), s, m.to_string(), m.sizes[s], n);
+  auto sizes = m.sizes;
+  sizes[s] /= n;
+  sizes[k] *= n;
+  auto c = proto(wire::CollectiveKind::kAllToAll, Reduce::Sum);
+  c.a = s;
+  c.b = k;
+  return t.mesh().engine()->collective(t, dims, c, tensor::contiguous_meta(m.dtype, sizes));
+}
+
+Tensor broadcast(const Tensor& t, const Dims& dims, int64_t root) {
+  checked(t, "broadcast");
+  const Meta& m = checked_meta(t, "broadcast");
+  const int64_t n = group_size(t, dims);
+  COX_CHECK_ARG(root >= 0 && root < n, "broadcast over {} of mesh {}: root {} is not a member index (groups of {})",
+                tensor::dims_string(dims), t.mesh().shape().to_string(), root, n);
+  auto c = proto(wire::CollectiveKind::kBroadcast, Reduce::Sum);
+  c.a = root;
+  return t.mesh().engine()->collective(t, dims, c, tensor::contiguous_meta(m.dtype, m.sizes));
+}
+
+void barrier(const DeviceMesh& mesh, const Dims& dims) {
+  COX_CHECK_ARG(mesh.engine() != nullptr, "barrier: the mesh has no controller");
+  mesh.engine()->barrier(mesh, dims);
+}
+
+Tensor send_recv(const Tensor& t, const DeviceMesh& dst, const std::vector<int64_t>& sources) {
+  checked(t, "send_recv");
+  return t.mesh().engine()->transfer(t, dst, sources);
+}
+
+Tensor Tensor::to_mesh(const DeviceMesh& dst) const {
+  cox::checked(*this, "to_mesh");
+  const Shape& from = mesh().shape();
+  const Shape& to = dst.shape();
+  COX_CHECK_ARG(from.sizes() == to.sizes(),
+                "to_mesh: the destination mesh {} does not match the source mesh {} (dim sizes [{}] vs [{}])",
+                to.to_string(), from.to_string(), fmt::join(to.sizes(), ", "), fmt::join(from.sizes(), ", "));
+  std::vector<int64_t> sources(static_cast<size_t>(to.size()));
+  for (size_t j = 0; j < sources.size(); ++j) sources[j] = static_cast<int64_t>(j);
+  return mesh().engine()->transfer(*this, dst, sources);
+}
+
+}  // namespace cox

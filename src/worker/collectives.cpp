@@ -1,0 +1,322 @@
+// The worker's side of collectives and point-to-point transfers: tensors in
+// and out of the tensor table, placeholders for error values, and the
+// communicators (Gloo on CPU).
+#include "worker/tensors.hpp"
+
+#include "common/check.hpp"
+
+#ifdef COX_HAVE_GLOO
+#include "collectives/gloo.hpp"
+#endif
+
+#include <ATen/ATen.h>
+
+namespace cox::worker {
+
+using collectives::CommError;
+using collectives::DataType;
+using collectives::ReduceOp;
+using wire::CollectiveKind;
+
+namespace {
+
+std::optional<DataType> comm_type(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return DataType::kFloat32;
+    case at::kDouble: return DataType::kFloat64;
+    case at::kHalf: return DataType::kFloat16;
+    case at::kBFloat16: return DataType::kBFloat16;
+    case at::kLong: return DataType::kInt64;
+    case at::kInt: return DataType::kInt32;
+    case at::kChar: return DataType::kInt8;
+    case at::kByte: return DataType::kUInt8;
+    default: return std::nullopt;
+  }
+}
+
+const char* kind_name(CollectiveKind k) {
+  switch (k) {
+    case CollectiveKind::kAllReduce: return "all_reduce";
+    case CollectiveKind::kReduceScatter: return "reduce_scatter";
+    case CollectiveKind::kAllGather: return "all_gather";
+    case CollectiveKind::kAllToAll: return "all_to_all";
+    case CollectiveKind::kBroadcast: return "broadcast";
+    case CollectiveKind::kBarrier: return "barrier";
+  }
+  return "collective";
+}
+
+std::string shape_string(c10::IntArrayRef sizes) { return fmt::format("[{}]", fmt::join(sizes, ", ")); }
+
+}  // namespace
+
+void Tensors::comm_init(const wire::CommInit& m) {
+  Comm& c = comms_[m.comm];
+  c.ranks = m.ranks;
+  const auto me = std::find(m.ranks.begin(), m.ranks.end(), rank_);
+  if (me == m.ranks.end()) {
+    throw ProtocolError(fmt::format("comm_init {}: rank {} is not among its members", m.comm, rank_));
+  }
+  const int index = static_cast<int>(me - m.ranks.begin());
+  collectives::CommOptions options;
+  options.timeout = std::chrono::milliseconds(m.timeout_ms);
+  auto exchange = [&](const std::string& blob) { return hooks_.rendezvous(m.comm, blob); };
+  try {
+    if (device_.is_cpu()) {
+#ifdef COX_HAVE_GLOO
+      if (!gloo_device_) gloo_device_ = collectives::make_gloo_device(hooks_.gloo_hostname);
+      c.comm = collectives::connect_gloo(gloo_device_, index, static_cast<int>(m.ranks.size()), options, exchange);
+#else
+      // Still take part in the rendezvous, so that it completes for the rest.
+      exchange("");
+      throw CommError("this build has no Gloo, so CPU workers cannot run collectives (configure with COX_GLOO=ON)");
+#endif
+    } else {
+      exchange("");
+      throw CommError(fmt::format("no collective backend for device {} in this worker", device_.str()));
+    }
+  } catch (const std::exception& e) {
+    c.comm.reset();
+    c.error = e.what();
+  }
+}
+
+std::optional<std::string> Tensors::collective(const wire::Collective& m) {
+  if (m.comm == 0) {
+    // A group of one: the result is a copy of the input.
+    if (m.kind == CollectiveKind::kBarrier || !m.out) return std::nullopt;
+    const Slot& s = slot(m.in);
+    if (s.failure) {
+      fail(m.out, s.failure);
+    } else {
+      store(m.out, s.tensor.detach().clone(at::MemoryFormat::Contiguous));
+    }
+    return std::nullopt;
+  }
+  auto it = comms_.find(m.comm);
+  if (it == comms_.end()) throw ProtocolError(fmt::format("collective on communicator {}, which was never set up", m.comm));
+  Comm& c = it->second;
+  const char* name = kind_name(m.kind);
+  const auto dtype = static_cast<at::ScalarType>(m.dtype);
+
+  auto fail_output = [&](std::shared_ptr<const Failure> f) -> std::optional<std::string> {
+    if (m.out) {
+      fail(m.out, std::move(f));
+    } else if (m.in) {
+      fail(m.in, std::move(f));
+    } else {
+      return f->op + ": " + f->message;
+    }
+    return std::nullopt;
+  };
+  if (!c.comm) return fail_output(std::make_shared<Failure>(Failure{name, c.error, c.ranks}));
+
+  // The input, or a placeholder of the shape the controller knows.
+  std::shared_ptr<const Failure> upstream;
+  at::Tensor in;
+  if (m.in) {
+    const Slot& s = slot(m.in);
+    if (s.failure) {
+      upstream = s.failure;
+    } else if (s.tensor.sizes() != c10::IntArrayRef(m.sizes) || s.tensor.scalar_type() != dtype) {
+      upstream = std::make_shared<Failure>(Failure{
+          name, fmt::format("the shard is {}{} where the controller expected {}{}", c10::toString(s.tensor.scalar_type()),
+                            shape_string(s.tensor.sizes()), c10::toString(dtype), shape_string(m.sizes))});
+    } else {
+      in = s.tensor;
+    }
+    if (!in.defined()) in = at::zeros(m.sizes, at::TensorOptions().dtype(dtype).device(device_));
+  }
+  const auto type = comm_type(dtype);
+  if (m.in && !type) {
+    // The controller rejects these; a worker still must not leave its peers waiting.
+    throw ProtocolError(fmt::format("{} of a {} tensor", name, c10::toString(dtype)));
+  }
+  collectives::Communicator& comm = *c.comm;
+  const int64_t n = comm.size();
+  const auto reduce = static_cast<ReduceOp>(m.reduce);
+
+  at::Tensor result;
+  try {
+    auto status = comm.start_status_exchange(upstream ? 1 : 0);
+    switch (m.kind) {
+      case CollectiveKind::kAllReduce: {
+        if (m.out) {
+          const at::Tensor x = in.contiguous();
+          result = at::empty_like(x, at::MemoryFormat::Contiguous);
+          comm.all_reduce(x.data_ptr(), result.data_ptr(), static_cast<size_t>(x.numel()), *type, reduce);
+        } else if (in.is_contiguous()) {
+          comm.all_reduce(in.data_ptr(), in.data_ptr(), static_cast<size_t>(in.numel()), *type, reduce);
+          result = in;
+        } else {
+          at::Tensor x = in.contiguous();
+          comm.all_reduce(x.data_ptr(), x.data_ptr(), static_cast<size_t>(x.numel()), *type, reduce);
+          in.copy_(x);
+          result = in;
+        }
+        break;
+      }
+      case CollectiveKind::kReduceScatter: {
+        // Blocks along `dim` become the leading dimension: block i is rows
+        // [i*k, (i+1)*k) of the moved input.
+        const int64_t dim = m.a;
+        const at::Tensor x = in.movedim(dim, 0).contiguous();
+        std::vector<int64_t> block_sizes = x.sizes().vec();
+        block_sizes[0] /= n;
+        at::Tensor block = at::empty(block_sizes, x.options());
+        comm.reduce_scatter(x.data_ptr(), block.data_ptr(), static_cast<size_t>(block.numel()), *type, reduce);
+        result = block.movedim(0, dim).contiguous();
+        break;
+      }
+      case CollectiveKind::kAllGather: {
+        const int64_t dim = m.a;
+        const at::Tensor x = in.contiguous();
+        std::vector<int64_t> gathered_sizes{n};
+        gathered_sizes.insert(gathered_sizes.end(), x.sizes().begin(), x.sizes().end());
+        at::Tensor gathered = at::empty(gathered_sizes, x.options());
+        comm.all_gather(x.data_ptr(), gathered.data_ptr(), static_cast<size_t>(x.numel()), *type);
+        std::vector<int64_t> out_sizes = x.sizes().vec();
+        out_sizes[static_cast<size_t>(dim)] *= n;
+        result = gathered.movedim(0, dim).reshape(out_sizes).contiguous();
+        break;
+      }
+      case CollectiveKind::kAllToAll: {
+        const int64_t split = m.a, concat = m.b;
+        // Block j (of the split dim) goes to member j; block i of what
+        // arrives came from member i and is concatenated at position i.
+        const at::Tensor x = in.movedim(split, 0).contiguous();
+        at::Tensor received = at::empty_like(x);
+        comm.all_to_all(x.data_ptr(), received.data_ptr(), static_cast<size_t>(x.numel() / n), *type);
+        const std::vector<at::Tensor> parts = received.chunk(n, 0);
+        std::vector<at::Tensor> moved;
+        moved.reserve(parts.size());
+        for (const auto& p : parts) moved.push_back(p.movedim(0, split));
+        result = at::cat(moved, concat).contiguous();
+        break;
+      }
+      case CollectiveKind::kBroadcast: {
+        const at::Tensor x = in.contiguous();
+        result = at::empty_like(x, at::MemoryFormat::Contiguous);
+        comm.broadcast(x.data_ptr(), result.data_ptr(), static_cast<size_t>(x.numel()), *type, static_cast<int>(m.a));
+        break;
+      }
+      case CollectiveKind::kBarrier:
+        comm.barrier();
+        break;
+    }
+    const std::vector<uint8_t> statuses = status->finish();
+    if (upstream) return fail_output(upstream);
+    for (size_t i = 0; i < statuses.size(); ++i) {
+      if (statuses[i] == 0) continue;
+      return fail_output(std::make_shared<Failure>(
+          Failure{name, fmt::format("the input on worker {} (member {} of the group {}) is an error value; fetch it "
+                                    "there for the cause",
+                                    c.ranks[i], i, shape_string(std::vector<int64_t>(c.ranks.begin(), c.ranks.end())))}));
+    }
+  } catch (const CommError& e) {
+    return fail_output(std::make_shared<Failure>(Failure{name, e.what(), c.ranks}));
+  } catch (const std::exception& e) {
+    // A local failure after the communication (a bad dim the controller
+    // would have caught): this rank's output is an error.
+    return fail_output(std::make_shared<Failure>(Failure{name, e.what()}));
+  }
+  if (m.out) store(m.out, std::move(result));
+  return std::nullopt;
+}
+
+// Each message is a 16-byte header (status: 0, or the length of an error
+// text; payload bytes), then the payload: the tensor's bytes, or the text.
+std::optional<std::string> Tensors::transfer(const wire::Transfer& m) {
+  const auto dtype = static_cast<at::ScalarType>(m.dtype);
+  std::shared_ptr<const Failure> upstream;
+  at::Tensor src;
+  if (m.src) {
+    const Slot& s = slot(m.src);
+    upstream = s.failure;
+    src = s.tensor;
+  }
+  auto comm_of = [&](uint64_t id) -> Comm& {
+    auto it = comms_.find(id);
+    if (it == comms_.end()) throw ProtocolError(fmt::format("transfer on communicator {}, which was never set up", id));
+    return it->second;
+  };
+
+  // Sends start first, so that two workers that swap shards cannot wait on
+  // each other.
+  struct Header {
+    uint64_t status = 0;
+    uint64_t bytes = 0;
+  } header;
+  std::string error_text;
+  at::Tensor data;
+  if (m.src) {
+    if (upstream) {
+      error_text = upstream->op + ": " + upstream->message;
+      header.status = error_text.size();
+      header.bytes = error_text.size();
+    } else {
+      data = src.contiguous();
+      header.bytes = static_cast<uint64_t>(data.nbytes());
+    }
+  }
+  std::vector<std::unique_ptr<collectives::Communicator::Transfer>> sends;
+  std::string send_error;
+  for (const auto& s : m.sends) {
+    Comm& c = comm_of(s.comm);
+    try {
+      if (!c.comm) throw CommError(c.error);
+      sends.push_back(c.comm->start_send(&header, sizeof header, s.peer, m.tag * 2));
+      if (header.bytes) {
+        const void* p = upstream ? static_cast<const void*>(error_text.data()) : data.data_ptr();
+        sends.push_back(c.comm->start_send(p, header.bytes, s.peer, m.tag * 2 + 1));
+      }
+    } catch (const std::exception& e) {
+      send_error = e.what();
+    }
+  }
+
+  if (m.out && m.recv_comm == 0) {
+    // This worker is on both sides at the same coordinate: it keeps its shard.
+    if (!m.src) throw ProtocolError("transfer: a local receive without a source");
+    if (upstream) {
+      fail(m.out, upstream);
+    } else {
+      store(m.out, src.contiguous());
+    }
+  } else if (m.out) {
+    Comm& c = comm_of(m.recv_comm);
+    const int32_t peer_rank = c.ranks.at(static_cast<size_t>(m.recv_peer));
+    try {
+      if (!c.comm) throw CommError(c.error);
+      Header h;
+      c.comm->start_recv(&h, sizeof h, m.recv_peer, m.tag * 2)->wait();
+      if (h.status) {
+        std::string text(h.bytes, '\0');
+        c.comm->start_recv(text.data(), text.size(), m.recv_peer, m.tag * 2 + 1)->wait();
+        fail(m.out, std::make_shared<Failure>(
+                        Failure{"to_mesh", fmt::format("the shard sent by worker {} is an error value: {}", peer_rank, text)}));
+      } else {
+        at::Tensor out = at::empty(m.sizes, at::TensorOptions().dtype(dtype).device(device_));
+        if (h.bytes != static_cast<uint64_t>(out.nbytes())) {
+          throw CommError(fmt::format("worker {} sent {} bytes for a {}{} shard of {} bytes", peer_rank, h.bytes,
+                                      c10::toString(dtype), shape_string(m.sizes), out.nbytes()));
+        }
+        if (h.bytes) c.comm->start_recv(out.data_ptr(), h.bytes, m.recv_peer, m.tag * 2 + 1)->wait();
+        store(m.out, std::move(out));
+      }
+    } catch (const std::exception& e) {
+      fail(m.out, std::make_shared<Failure>(Failure{"to_mesh", e.what(), {peer_rank}}));
+    }
+  }
+  for (auto& s : sends) {
+    try {
+      s->wait();
+    } catch (const std::exception& e) {
+      if (send_error.empty()) send_error = e.what();
+    }
+  }
+  if (!send_error.empty()) return "to_mesh (sending): " + send_error;
+  return std::nullopt;
+}
+
+}  // namespace cox::worker
