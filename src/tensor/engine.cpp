@@ -623,6 +623,14 @@ at::Tensor Engine::wait_fetch(int rank, uint64_t request, std::optional<std::chr
   if (!reply.ok) {
     std::string op = r.get_string("reply.op");
     std::string message = r.get_string("reply.message");
+    // A communication failure names the workers it needed: when one of
+    // them is gone (or goes within a heartbeat timeout), that is the error.
+    std::vector<int> peers;
+    if (r.remaining() >= sizeof(uint32_t)) {
+      const uint32_t n = r.get<uint32_t>("reply.peers");
+      for (uint32_t i = 0; i < n; ++i) peers.push_back(r.get<int32_t>("reply.peer"));
+    }
+    if (!peers.empty()) impl().await_loss(peers, impl().options().heartbeat_timeout);
     throw RemoteError(rank, op, message);
   }
   Meta m = Meta::decode(r);
