@@ -60,7 +60,10 @@ struct ControllerOptions {
   // executable, in the build tree, in the install tree, then on $PATH.
   std::string worker_path;
   // Extra environment per worker rank, e.g. CUDA_VISIBLE_DEVICES or
-  // NCCL_HOSTID; applied on top of this process's environment.
+  // NCCL_HOSTID; applied on top of this process's environment. Unless
+  // OMP_NUM_THREADS is set (here or in this process), each worker gets
+  // OMP_NUM_THREADS = cores / workers (at least 1), so that workers on one
+  // machine do not oversubscribe its cores.
   std::function<std::vector<std::pair<std::string, std::string>>(int rank)> worker_env;
 
   // --- attach ---

@@ -324,29 +324,42 @@ class GlooCommunicator final : public Communicator {
     return t;
   }
 
+  // Gathered on member 0 while the collective runs, then sent back to
+  // everyone: 2(n-1) one-way messages in all rather than n(n-1).
   class GlooStatus final : public StatusExchange {
    public:
     GlooStatus(GlooCommunicator& comm, uint8_t mine) : comm_(comm), bytes_(static_cast<size_t>(comm.size_), 0) {
-      bytes_[static_cast<size_t>(comm.rank_)] = mine;
-      const uint32_t call = comm.next_tag();
-      status_slot_ = slot(kStatusPrefix, call);
+      const int n = comm.size_, me = comm.rank_;
+      bytes_[static_cast<size_t>(me)] = mine;
       mine_ = mine;
+      slot_ = slot(kStatusPrefix, comm.next_tag());
       comm.guarded("status exchange", [&] {
-        for (int peer = 0; peer < comm.size_; ++peer) {
-          if (peer == comm.rank_) continue;
-          auto r = comm.ctx_->createUnboundBuffer(&bytes_[static_cast<size_t>(peer)], 1);
-          r->recv(peer, status_slot_);
-          recvs_.push_back(std::move(r));
-          auto s = comm.ctx_->createUnboundBuffer(&mine_, 1);
-          s->send(peer, status_slot_);
-          sends_.push_back(std::move(s));
+        if (me == 0) {
+          for (int peer = 1; peer < n; ++peer) {
+            auto r = comm.ctx_->createUnboundBuffer(&bytes_[static_cast<size_t>(peer)], 1);
+            r->recv(peer, slot_);
+            pending_.push_back(std::move(r));
+          }
+        } else {
+          send_ = comm.ctx_->createUnboundBuffer(&mine_, 1);
+          send_->send(0, slot_);
+          all_ = comm.ctx_->createUnboundBuffer(bytes_.data(), bytes_.size());
+          all_->recv(0, slot_ + 1);
         }
       });
     }
     std::vector<uint8_t> finish() override {
       comm_.guarded("status exchange", [&] {
-        for (auto& r : recvs_) r->waitRecv(comm_.timeout_);
-        for (auto& s : sends_) s->waitSend(comm_.timeout_);
+        if (comm_.rank_ == 0) {
+          for (auto& r : pending_) r->waitRecv(comm_.timeout_);
+          pending_.clear();
+          all_ = comm_.ctx_->createUnboundBuffer(bytes_.data(), bytes_.size());
+          for (int peer = 1; peer < comm_.size_; ++peer) all_->send(peer, slot_ + 1);
+          for (int peer = 1; peer < comm_.size_; ++peer) all_->waitSend(comm_.timeout_);
+        } else {
+          send_->waitSend(comm_.timeout_);
+          all_->waitRecv(comm_.timeout_);
+        }
       });
       return bytes_;
     }
@@ -355,8 +368,9 @@ class GlooCommunicator final : public Communicator {
     GlooCommunicator& comm_;
     std::vector<uint8_t> bytes_;
     uint8_t mine_ = 0;
-    uint64_t status_slot_ = 0;
-    std::vector<std::unique_ptr<gloo::transport::UnboundBuffer>> recvs_, sends_;
+    uint64_t slot_ = 0;
+    std::vector<std::unique_ptr<gloo::transport::UnboundBuffer>> pending_;
+    std::unique_ptr<gloo::transport::UnboundBuffer> send_, all_;
   };
 
   std::unique_ptr<StatusExchange> start_status_exchange(uint8_t mine) override {

@@ -15,6 +15,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -300,9 +301,18 @@ void Controller::Impl::shutdown() {
 
 void Controller::Impl::spawn_all() {
   const std::string path = controller::find_worker_binary(opts_.worker_path);
+  // Workers share this machine's cores: each gets its share of intra-op
+  // threads (as torchrun does), unless the user chose a number.
+  cpu_set_t cpus;
+  CPU_ZERO(&cpus);
+  const int cores = ::sched_getaffinity(0, sizeof cpus, &cpus) == 0 ? CPU_COUNT(&cpus) : 1;
+  const std::string threads = std::to_string(std::max(1, cores / std::max(1, size())));
   for (auto& w : workers_) {
     std::vector<std::pair<std::string, std::string>> env;
     if (opts_.worker_env) env = opts_.worker_env(w->rank);
+    const bool chosen = std::getenv("OMP_NUM_THREADS") ||
+                        std::any_of(env.begin(), env.end(), [](const auto& kv) { return kv.first == "OMP_NUM_THREADS"; });
+    if (!chosen) env.emplace_back("OMP_NUM_THREADS", threads);
     env.emplace_back(transport::kTokenEnv, token_);
     env.emplace_back("COX_PARENT_PID", std::to_string(::getpid()));
     controller::Spawned s = controller::spawn_process(

@@ -1,0 +1,335 @@
+// Collectives through Coxswain against the same collectives on raw Gloo, in
+// the style of nccl-tests: for all_reduce, all_gather, reduce_scatter,
+// broadcast and all_to_all over a range of sizes, the time per call, algbw
+// and busbw, and the ratio of Coxswain's busbw to the baseline's.
+//
+// Coxswain: one controller, N CPU workers on a mesh {N}; each round issues
+// the collective K times and waits for the workers (DeviceMesh::sync).
+// Baseline: N processes of a plain SPMD program (this binary, re-executed)
+// that connect a Gloo context through a file store and call the same Gloo
+// collective K times per round between two barriers; rank 0's clock. Both
+// report the median of 3 rounds, float32 data, the same sizes.
+//
+// Sizes follow nccl-tests: the size of a rank's buffer (the output for
+// all_gather, the input for reduce_scatter). busbw = algbw * factor, with
+// factor 2(n-1)/n for all_reduce, (n-1)/n for all_gather, reduce_scatter
+// and all_to_all, 1 for broadcast.
+//
+// Coxswain's reduce_scatter is its own ring over Gloo's point-to-point
+// buffers (Gloo has no reduce-scatter in its new-style API); the baseline
+// uses Gloo's ReduceScatterHalvingDoubling.
+#include "bench_util.hpp"
+
+#include <cox/collectives.hpp>
+#include <cox/tensor.hpp>
+
+#include <gloo/allgather.h>
+#include <gloo/allreduce.h>
+#include <gloo/alltoall.h>
+#include <gloo/barrier.h>
+#include <gloo/broadcast.h>
+#include <gloo/math.h>
+#include <gloo/reduce_scatter.h>
+#include <gloo/rendezvous/context.h>
+#include <gloo/rendezvous/file_store.h>
+#include <gloo/transport/tcp/device.h>
+
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+extern char** environ;
+
+namespace {
+
+using cox::bench::Clock;
+using cox::bench::seconds_since;
+
+const std::vector<std::string> kOps{"all_reduce", "all_gather", "reduce_scatter", "broadcast", "all_to_all"};
+constexpr int kRounds = 3;
+
+struct Plan {
+  int workers = 4;
+  size_t min_bytes = 1024;
+  size_t max_bytes = size_t{64} << 20;
+  std::vector<std::string> ops = kOps;
+
+  std::vector<size_t> sizes() const {
+    std::vector<size_t> v;
+    for (size_t b = min_bytes; b <= max_bytes; b *= 4) v.push_back(b);
+    return v;
+  }
+  // Calls per round: about 32 MiB of buffer per round, 2 to 100 calls.
+  static int iters(size_t bytes) {
+    return static_cast<int>(std::clamp<size_t>((size_t{32} << 20) / bytes, 2, 100));
+  }
+};
+
+double bus_factor(const std::string& op, int n) {
+  const double r = static_cast<double>(n - 1) / n;
+  if (op == "all_reduce") return 2 * r;
+  if (op == "broadcast") return 1;
+  return r;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// ---------------------------------------------------------------------------
+// The baseline: one rank of a plain SPMD program on raw Gloo.
+
+int run_baseline_rank(const Plan& plan, int rank, const std::string& dir) {
+  gloo::transport::tcp::attr attr;
+  attr.hostname = "127.0.0.1";
+  auto dev = gloo::transport::tcp::CreateDevice(attr);
+  gloo::rendezvous::FileStore store(dir);
+  auto ctx = std::make_shared<gloo::rendezvous::Context>(rank, plan.workers);
+  ctx->connectFullMesh(store, dev);
+  const int n = plan.workers;
+  std::ofstream out;
+  if (rank == 0) out.open(dir + "/results");
+  uint32_t tag = 0;
+  auto barrier = [&] {
+    gloo::BarrierOptions o(ctx);
+    o.setTag(tag++);
+    gloo::barrier(o);
+  };
+  for (const auto& op : plan.ops) {
+    for (size_t bytes : plan.sizes()) {
+      const size_t count = bytes / sizeof(float);
+      std::vector<float> a(count * static_cast<size_t>(n), 1.0f), b(count * static_cast<size_t>(n), 0.0f);
+      std::function<void()> call;
+      std::unique_ptr<gloo::ReduceScatterHalvingDoubling<float>> rs;
+      if (op == "all_reduce") {
+        call = [&] {
+          gloo::AllreduceOptions o(ctx);
+          o.setOutput(a.data(), count);
+          o.setReduceFunction(static_cast<void (*)(void*, const void*, const void*, size_t)>(&gloo::sum<float>));
+          o.setTag(tag++);
+          gloo::allreduce(o);
+        };
+      } else if (op == "all_gather") {
+        call = [&] {
+          gloo::AllgatherOptions o(ctx);
+          o.setInput(a.data(), count / static_cast<size_t>(n));
+          o.setOutput(b.data(), count);
+          o.setTag(tag++);
+          gloo::allgather(o);
+        };
+      } else if (op == "reduce_scatter") {
+        std::vector<int> recv(static_cast<size_t>(n), static_cast<int>(count / static_cast<size_t>(n)));
+        rs = std::make_unique<gloo::ReduceScatterHalvingDoubling<float>>(ctx, std::vector<float*>{a.data()}, count, recv);
+        call = [&] { rs->run(); };
+      } else if (op == "broadcast") {
+        call = [&] {
+          gloo::BroadcastOptions o(ctx);
+          o.setOutput(a.data(), count);
+          o.setRoot(0);
+          o.setTag(tag++);
+          gloo::broadcast(o);
+        };
+      } else {
+        call = [&] {
+          gloo::AlltoallOptions o(ctx);
+          o.setInput(a.data(), count);
+          o.setOutput(b.data(), count);
+          o.setTag(tag++);
+          gloo::alltoall(o);
+        };
+      }
+      const int k = Plan::iters(bytes);
+      call();  // warm up
+      std::vector<double> rounds;
+      for (int r = 0; r < kRounds; ++r) {
+        barrier();
+        const auto t0 = Clock::now();
+        for (int i = 0; i < k; ++i) call();
+        barrier();
+        rounds.push_back(seconds_since(t0) / k);
+      }
+      if (rank == 0) out << op << ' ' << bytes << ' ' << median(rounds) << '\n';
+    }
+  }
+  return 0;
+}
+
+// Runs the baseline's N processes and reads rank 0's times.
+std::map<std::pair<std::string, size_t>, double> run_baseline(const Plan& plan, const char* self) {
+  char tmpl[] = "/tmp/cox-collectives-bench-XXXXXX";
+  const std::string dir = ::mkdtemp(tmpl);
+  std::vector<pid_t> pids;
+  for (int r = 0; r < plan.workers; ++r) {
+    std::vector<std::string> args{self, "--baseline-rank", std::to_string(r), "--baseline-dir", dir,
+                                  "--workers", std::to_string(plan.workers), "--min-bytes",
+                                  std::to_string(plan.min_bytes), "--max-bytes", std::to_string(plan.max_bytes),
+                                  "--ops"};
+    std::string ops;
+    for (const auto& op : plan.ops) ops += (ops.empty() ? "" : ",") + op;
+    args.push_back(ops);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    pid_t pid;
+    if (::posix_spawn(&pid, "/proc/self/exe", nullptr, nullptr, argv.data(), environ) != 0) {
+      throw std::runtime_error("cannot start a baseline rank");
+    }
+    pids.push_back(pid);
+  }
+  bool ok = true;
+  for (pid_t pid : pids) {
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    ok = ok && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  }
+  if (!ok) throw std::runtime_error("a baseline rank failed");
+  std::map<std::pair<std::string, size_t>, double> times;
+  std::ifstream in(dir + "/results");
+  std::string op;
+  size_t bytes;
+  double t;
+  while (in >> op >> bytes >> t) times[{op, bytes}] = t;
+  std::system(("rm -rf '" + dir + "'").c_str());
+  return times;
+}
+
+// ---------------------------------------------------------------------------
+// Coxswain.
+
+std::map<std::pair<std::string, size_t>, double> run_coxswain(const Plan& plan) {
+  cox::ControllerOptions o;
+  o.workers = plan.workers;
+  cox::Controller ctl = cox::Controller::local(o);
+  cox::DeviceMesh mesh = ctl.mesh({{"x", plan.workers}});
+  const int64_t n = plan.workers;
+  std::map<std::pair<std::string, size_t>, double> times;
+  for (const auto& op : plan.ops) {
+    for (size_t bytes : plan.sizes()) {
+      const int64_t count = static_cast<int64_t>(bytes / sizeof(float));
+      cox::Tensor full = cox::ones(mesh, {count});
+      cox::Tensor part = cox::ones(mesh, {count / n});
+      std::function<void()> call;
+      if (op == "all_reduce") {
+        call = [&] { cox::all_reduce_(full, {"x"}); };
+      } else if (op == "all_gather") {
+        call = [&] { cox::all_gather(part, {"x"}); };
+      } else if (op == "reduce_scatter") {
+        call = [&] { cox::reduce_scatter(full, {"x"}); };
+      } else if (op == "broadcast") {
+        call = [&] { cox::broadcast(full, {"x"}, 0); };
+      } else {
+        call = [&] { cox::all_to_all(full, {"x"}); };
+      }
+      const int k = Plan::iters(bytes);
+      call();
+      mesh.sync();
+      std::vector<double> rounds;
+      for (int r = 0; r < kRounds; ++r) {
+        const auto t0 = Clock::now();
+        for (int i = 0; i < k; ++i) call();
+        mesh.sync();
+        rounds.push_back(seconds_since(t0) / k);
+      }
+      times[{op, bytes}] = median(rounds);
+    }
+  }
+  return times;
+}
+
+std::string human(size_t bytes) {
+  if (bytes >= (size_t{1} << 20)) return std::to_string(bytes >> 20) + " MiB";
+  if (bytes >= 1024) return std::to_string(bytes >> 10) + " KiB";
+  return std::to_string(bytes) + " B";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Plan plan;
+  cox::bench::Options common;
+  int baseline_rank = -1;
+  std::string baseline_dir;
+  std::vector<char*> rest{argv[0]};
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "%s needs a value\n", a.c_str());
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (a == "--workers") {
+      plan.workers = std::stoi(value());
+    } else if (a == "--min-bytes") {
+      plan.min_bytes = std::stoull(value());
+    } else if (a == "--max-bytes") {
+      plan.max_bytes = std::stoull(value());
+    } else if (a == "--ops") {
+      std::stringstream ss(value());
+      plan.ops.clear();
+      for (std::string op; std::getline(ss, op, ',');) {
+        if (std::find(kOps.begin(), kOps.end(), op) == kOps.end()) {
+          std::fprintf(stderr, "unknown op '%s'\n", op.c_str());
+          return 2;
+        }
+        plan.ops.push_back(op);
+      }
+    } else if (a == "--baseline-rank") {
+      baseline_rank = std::stoi(value());
+    } else if (a == "--baseline-dir") {
+      baseline_dir = value();
+    } else {
+      rest.push_back(argv[i]);
+    }
+  }
+  if (baseline_rank >= 0) return run_baseline_rank(plan, baseline_rank, baseline_dir);
+  if (!cox::bench::parse_options(static_cast<int>(rest.size()), rest.data(), "collectives_bench", common)) {
+    std::fprintf(stderr, "       [--workers N] [--min-bytes B] [--max-bytes B] [--ops all_reduce,...]\n");
+    return 2;
+  }
+  if (common.quick) plan.max_bytes = std::min<size_t>(plan.max_bytes, size_t{4} << 20);
+  if (plan.workers < 2 || plan.min_bytes < 64 || plan.min_bytes > plan.max_bytes) {
+    std::fprintf(stderr, "need --workers >= 2 and 64 <= --min-bytes <= --max-bytes\n");
+    return 2;
+  }
+  // Sizes must split evenly over the workers in float32 elements.
+  plan.min_bytes = plan.min_bytes / (sizeof(float) * plan.workers) * sizeof(float) * plan.workers;
+
+  const auto raw = run_baseline(plan, argv[0]);
+  const auto cox_times = run_coxswain(plan);
+
+  cox::bench::JsonRows rows;
+  std::printf("collectives: %d CPU workers (Gloo), float32; time per call, busbw, ratio to raw Gloo's busbw\n",
+              plan.workers);
+  std::printf("%-15s %10s %12s %12s %12s %12s %7s\n", "op", "size", "time (us)", "busbw GB/s", "raw (us)",
+              "raw GB/s", "ratio");
+  for (const auto& op : plan.ops) {
+    for (size_t bytes : plan.sizes()) {
+      const double t = cox_times.at({op, bytes}), tr = raw.at({op, bytes});
+      const double f = bus_factor(op, plan.workers);
+      const double algbw = static_cast<double>(bytes) / t / 1e9, algbw_raw = static_cast<double>(bytes) / tr / 1e9;
+      const double busbw = algbw * f, busbw_raw = algbw_raw * f;
+      std::printf("%-15s %10s %12.1f %12.3f %12.1f %12.3f %7.2f\n", op.c_str(), human(bytes).c_str(), t * 1e6, busbw,
+                  tr * 1e6, busbw_raw, busbw / busbw_raw);
+      const std::string c = op + "/" + std::to_string(bytes);
+      rows.add({{"bench", "collectives"}, {"case", c + "/busbw"}, {"unit", "GB/s"}},
+               {{"value", busbw}, {"baseline", busbw_raw}, {"ratio", busbw / busbw_raw}, {"bytes", double(bytes)},
+                {"workers", double(plan.workers)}});
+      rows.add({{"bench", "collectives"}, {"case", c + "/time"}, {"unit", "us"}},
+               {{"value", t * 1e6}, {"baseline", tr * 1e6}, {"ratio", tr / t}, {"algbw", algbw},
+                {"bytes", double(bytes)}, {"workers", double(plan.workers)}});
+    }
+  }
+  if (!common.json.empty() && !rows.write(common.json)) {
+    std::fprintf(stderr, "cannot write %s\n", common.json.c_str());
+    return 1;
+  }
+  return 0;
+}
