@@ -76,9 +76,13 @@ class Communicator {
   virtual void broadcast(const void* in, void* out, size_t count, DataType t, int root) = 0;
   virtual void barrier() = 0;
 
-  // Point to point, matched by (peer, tag). A send and a receive may be in
-  // flight together (start both, then wait): a pair of ranks that swap data
-  // cannot deadlock.
+  // Point to point, matched by (peer, tag). Sends and receives started
+  // between begin_group() and end_group() are in flight together (then
+  // wait for each): ranks that swap data, or pass it round a ring, cannot
+  // deadlock. (Gloo needs no group; NCCL orders operations on one stream
+  // and would otherwise run a send before the receive after it.)
+  virtual void begin_group() {}
+  virtual void end_group() {}
   class Transfer {
    public:
     virtual ~Transfer() = default;

@@ -66,6 +66,13 @@ class NcclCommunicator final : public Communicator {
   const char* backend() const noexcept override { return "nccl"; }
   ncclComm_t comm() const noexcept { return comm_; }
   int device() const noexcept { return device_; }
+  // A collective call on this communicator failed elsewhere (a split):
+  // abort it, so that nothing waits on it again.
+  void abort(const std::string& why) {
+    if (comm_) ncclCommAbort(comm_);
+    comm_ = nullptr;
+    if (broken_.empty()) broken_ = why;
+  }
   cudaStream_t stream() const noexcept { return stream_; }
   std::chrono::milliseconds timeout() const noexcept { return timeout_; }
 
@@ -101,6 +108,13 @@ class NcclCommunicator final : public Communicator {
   void barrier() override {
     run("barrier", [&] { return ncclAllReduce(scratch_, scratch_, 1, ncclInt32, ncclSum, comm_, stream_); });
     synchronize("barrier");
+  }
+
+  void begin_group() override {
+    guarded("group", [&] { enqueue("ncclGroupStart", [] { return ncclGroupStart(); }); });
+  }
+  void end_group() override {
+    guarded("group", [&] { enqueue("ncclGroupEnd", [] { return ncclGroupEnd(); }); });
   }
 
   class NcclTransfer final : public Transfer {
@@ -290,11 +304,16 @@ std::unique_ptr<Communicator> split_nccl(Communicator& parent, int color, int ke
   ncclConfig_t config = make_config();
   ncclComm_t comm = nullptr;
   const ncclResult_t r = ncclCommSplit(p->comm(), color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &comm, &config);
-  if (color < 0) {
-    p->wait_ready("ncclCommSplit");
-    return nullptr;
+  try {
+    if (color < 0) {
+      p->wait_ready("ncclCommSplit");
+      return nullptr;
+    }
+    wait_init(comm, r, options, "ncclCommSplit");
+  } catch (const CommError& e) {
+    p->abort(e.what());
+    throw;
   }
-  wait_init(comm, r, options, "ncclCommSplit");
   int rank = 0, size = 0;
   ncclCommUserRank(comm, &rank);
   ncclCommCount(comm, &size);

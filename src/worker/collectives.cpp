@@ -269,11 +269,13 @@ std::optional<std::string> Tensors::transfer(const wire::Transfer& m) {
     Comm& c = comm_of(s.comm);
     try {
       if (!c.comm) throw CommError(c.error);
+      c.comm->begin_group();
       sends.push_back(c.comm->start_send(&header, sizeof header, s.peer, m.tag * 2));
       if (header.bytes) {
         const void* p = upstream ? static_cast<const void*>(error_text.data()) : data.data_ptr();
         sends.push_back(c.comm->start_send(p, header.bytes, s.peer, m.tag * 2 + 1));
       }
+      c.comm->end_group();
     } catch (const std::exception& e) {
       send_error = e.what();
     }

@@ -77,6 +77,74 @@ TEST_CASE("messages round-trip through frames", "[wire]") {
   REQUIRE(hr2.mac == hr.mac);
 }
 
+TEST_CASE("collective messages round-trip, and bad ones are rejected", "[wire][collectives]") {
+  std::vector<uint8_t> buf;
+  CommInit init;
+  init.comm = 5;
+  init.timeout_ms = 1234;
+  init.ranks = {3, 1, 4};
+  encode_frame(init, buf);
+  Collective c;
+  c.comm = 5;
+  c.kind = CollectiveKind::kAllToAll;
+  c.reduce = 2;
+  c.a = 1;
+  c.b = -1;
+  c.in = 10;
+  c.out = 11;
+  c.dtype = 6;
+  c.sizes = {12, 0, 7};
+  encode_frame(c, buf);
+  Transfer t;
+  t.tag = 99;
+  t.src = 10;
+  t.sends = {{7, 1}, {8, 0}};
+  t.out = 12;
+  t.recv_comm = 9;
+  t.recv_peer = 1;
+  t.sizes = {2, 2};
+  encode_frame(t, buf);
+  encode_frame(Rendezvous{5, std::string("a\0b", 3)}, buf);
+  RendezvousReply rr;
+  rr.comm = 5;
+  rr.blobs = {"x", "", "zz"};
+  encode_frame(rr, buf);
+
+  FrameScanner s(kDefaultMaxFrame);
+  auto frames = scan_all(s, buf);
+  REQUIRE(frames.size() == 5);
+  auto init2 = decode<CommInit>(frames[0]);
+  REQUIRE(init2.comm == 5);
+  REQUIRE(init2.timeout_ms == 1234);
+  REQUIRE(init2.ranks == init.ranks);
+  auto c2 = decode<Collective>(frames[1]);
+  REQUIRE(c2.kind == CollectiveKind::kAllToAll);
+  REQUIRE((c2.reduce == 2 && c2.a == 1 && c2.b == -1 && c2.in == 10 && c2.out == 11 && c2.dtype == 6));
+  REQUIRE(c2.sizes == c.sizes);
+  auto t2 = decode<Transfer>(frames[2]);
+  REQUIRE((t2.tag == 99 && t2.src == 10 && t2.out == 12 && t2.recv_comm == 9 && t2.recv_peer == 1));
+  REQUIRE(t2.sends.size() == 2);
+  REQUIRE((t2.sends[0].comm == 7 && t2.sends[0].peer == 1 && t2.sends[1].comm == 8));
+  REQUIRE(t2.sizes == t.sizes);
+  REQUIRE(decode<Rendezvous>(frames[3]).blob == std::string("a\0b", 3));
+  auto rr2 = decode<RendezvousReply>(frames[4]);
+  REQUIRE(rr2.ok);
+  REQUIRE(rr2.blobs == rr.blobs);
+
+  // An unknown collective kind, and a list longer than its frame.
+  std::vector<uint8_t> bad;
+  c.kind = static_cast<CollectiveKind>(kMaxCollectiveKind + 1);
+  encode_frame(c, bad);
+  require_protocol_error([&] { validate(scan_all(s, bad)[0]); }, "unknown collective kind");
+  bad.clear();
+  append_frame(bad, MsgType::kCommInit, [](Writer& w) {
+    w.put<uint64_t>(1);
+    w.put<uint32_t>(10);
+    w.put<uint32_t>(1u << 30);
+  });
+  require_protocol_error([&] { validate(scan_all(s, bad)[0]); }, "comm_init.ranks");
+}
+
 TEST_CASE("the scanner stops at an incomplete frame and says how much it needs", "[wire]") {
   std::vector<uint8_t> buf;
   encode_frame(Sync{1}, buf);
