@@ -218,18 +218,20 @@ class GlooCommunicator final : public Communicator {
           const int next = (rank_ + 1) % size_, prev = (rank_ + size_ - 1) % size_;
           // Two running sums: the one sent at step s was made at step s-1,
           // and is only overwritten at step s+1, after its send completed.
-          std::vector<T> partial[2] = {std::vector<T>(count), std::vector<T>(count)};
-          std::vector<T> incoming(count);
+          // Scratch kept across calls: no allocation (nor page faults) per call.
+          if (scratch_.size() < 3 * bytes) scratch_.resize(3 * bytes);
+          T* partial[2] = {reinterpret_cast<T*>(scratch_.data()), reinterpret_cast<T*>(scratch_.data() + bytes)};
+          T* incoming = reinterpret_cast<T*>(scratch_.data() + 2 * bytes);
           auto block = [&](int b) { return blocks + static_cast<size_t>((b % size_ + size_) % size_) * count; };
-          auto recv_buf = ctx_->createUnboundBuffer(incoming.data(), bytes);
+          auto recv_buf = ctx_->createUnboundBuffer(incoming, bytes);
           for (int s = 0; s < size_ - 1; ++s) {
-            const void* send_ptr = s == 0 ? static_cast<const void*>(block(rank_ - 1)) : partial[(s + 1) % 2].data();
+            const void* send_ptr = s == 0 ? static_cast<const void*>(block(rank_ - 1)) : partial[(s + 1) % 2];
             auto send_buf = ctx_->createUnboundBuffer(const_cast<void*>(send_ptr), bytes);
             send_buf->send(next, slot(kReduceScatterPrefix, call, s));
             recv_buf->recv(prev, slot(kReduceScatterPrefix, call, s));
             recv_buf->waitRecv(timeout_);
-            void* dst = s == size_ - 2 ? out : partial[s % 2].data();
-            reduce(dst, block(rank_ - s - 2), incoming.data(), count);
+            void* dst = s == size_ - 2 ? out : partial[s % 2];
+            reduce(dst, block(rank_ - s - 2), incoming, count);
             send_buf->waitSend(timeout_);
           }
         }
@@ -383,6 +385,7 @@ class GlooCommunicator final : public Communicator {
   std::shared_ptr<Context> ctx_;
   std::chrono::milliseconds timeout_;
   uint32_t tag_ = 0;
+  std::vector<char> scratch_;  // reduce_scatter's running sums and receive buffer
 };
 
 }  // namespace

@@ -3,6 +3,7 @@
 // them in order.
 #include "worker/worker.hpp"
 
+#include "worker/cpu_allocator.hpp"
 #include "worker/tensors.hpp"
 
 #include "common/check.hpp"
@@ -638,6 +639,7 @@ int run_worker(const WorkerOptions& o) {
     io.run();
   });
 
+  install_caching_cpu_allocator();
   Executor exec(o.rank, *channel, reader, gloo_hostname(s.fd));
   bool shut_down = false;
   try {
