@@ -8,7 +8,8 @@
 // Baseline: N processes of a plain SPMD program (this binary, re-executed)
 // that connect a Gloo context through a file store and call the same Gloo
 // collective K times per round between two barriers; rank 0's clock. Both
-// report the median of 3 rounds, float32 data, the same sizes.
+// report the median of 3 rounds, float32 data, the same sizes. The two run
+// by turns, one (op, size) block each, so that both meet the same machine.
 //
 // Sizes follow nccl-tests: the size of a rank's buffer (the output for
 // all_gather, the input for reduce_scatter). busbw = algbw * factor, with
@@ -41,7 +42,6 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <sstream>
 
 extern char** environ;
@@ -92,10 +92,9 @@ int run_baseline_rank(const Plan& plan, int rank, const std::string& dir) {
   auto dev = gloo::transport::tcp::CreateDevice(attr);
   gloo::rendezvous::FileStore store(dir);
   auto ctx = std::make_shared<gloo::rendezvous::Context>(rank, plan.workers);
+  ctx->setTimeout(std::chrono::minutes(5));  // ranks wait in a barrier while Coxswain's turn runs
   ctx->connectFullMesh(store, dev);
   const int n = plan.workers;
-  std::ofstream out;
-  if (rank == 0) out.open(dir + "/results");
   uint32_t tag = 0;
   auto barrier = [&] {
     gloo::BarrierOptions o(ctx);
@@ -146,6 +145,13 @@ int run_baseline_rank(const Plan& plan, int rank, const std::string& dir) {
         };
       }
       const int k = Plan::iters(bytes);
+      // Rank 0 waits for the go of the benchmark's driver (a byte on stdin),
+      // so that this block and Coxswain's run by turns, never together.
+      if (rank == 0) {
+        char go;
+        if (::read(0, &go, 1) != 1) return 1;
+      }
+      barrier();
       call();  // warm up
       std::vector<double> rounds;
       for (int r = 0; r < kRounds; ++r) {
@@ -155,63 +161,93 @@ int run_baseline_rank(const Plan& plan, int rank, const std::string& dir) {
         barrier();
         rounds.push_back(seconds_since(t0) / k);
       }
-      if (rank == 0) out << op << ' ' << bytes << ' ' << median(rounds) << '\n';
+      if (rank == 0) {
+        std::printf("%.9g\n", median(rounds));
+        std::fflush(stdout);
+      }
     }
   }
   return 0;
 }
 
-// Runs the baseline's N processes and reads rank 0's times.
-std::map<std::pair<std::string, size_t>, double> run_baseline(const Plan& plan, const char* self) {
-  char tmpl[] = "/tmp/cox-collectives-bench-XXXXXX";
-  const std::string dir = ::mkdtemp(tmpl);
-  std::vector<pid_t> pids;
-  for (int r = 0; r < plan.workers; ++r) {
-    std::vector<std::string> args{self, "--baseline-rank", std::to_string(r), "--baseline-dir", dir,
-                                  "--workers", std::to_string(plan.workers), "--min-bytes",
-                                  std::to_string(plan.min_bytes), "--max-bytes", std::to_string(plan.max_bytes),
-                                  "--ops"};
+// The baseline's N processes; run_block() lets them time the next block.
+class Baseline {
+ public:
+  Baseline(const Plan& plan, const char* self) {
+    char tmpl[] = "/tmp/cox-collectives-bench-XXXXXX";
+    dir_ = ::mkdtemp(tmpl);
+    int go[2], result[2];
+    if (::pipe(go) != 0 || ::pipe(result) != 0) throw std::runtime_error("pipe failed");
     std::string ops;
     for (const auto& op : plan.ops) ops += (ops.empty() ? "" : ",") + op;
-    args.push_back(ops);
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    pid_t pid;
-    if (::posix_spawn(&pid, "/proc/self/exe", nullptr, nullptr, argv.data(), environ) != 0) {
-      throw std::runtime_error("cannot start a baseline rank");
+    for (int r = 0; r < plan.workers; ++r) {
+      std::vector<std::string> args{self, "--baseline-rank", std::to_string(r), "--baseline-dir", dir_,
+                                    "--workers", std::to_string(plan.workers), "--min-bytes",
+                                    std::to_string(plan.min_bytes), "--max-bytes", std::to_string(plan.max_bytes),
+                                    "--ops", ops};
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      posix_spawn_file_actions_t fa;
+      posix_spawn_file_actions_init(&fa);
+      if (r == 0) {
+        posix_spawn_file_actions_adddup2(&fa, go[0], 0);
+        posix_spawn_file_actions_adddup2(&fa, result[1], 1);
+      }
+      for (int fd : {go[0], go[1], result[0], result[1]}) posix_spawn_file_actions_addclose(&fa, fd);
+      pid_t pid;
+      const int rc = ::posix_spawn(&pid, "/proc/self/exe", &fa, nullptr, argv.data(), environ);
+      posix_spawn_file_actions_destroy(&fa);
+      if (rc != 0) throw std::runtime_error("cannot start a baseline rank");
+      pids_.push_back(pid);
     }
-    pids.push_back(pid);
+    ::close(go[0]);
+    ::close(result[1]);
+    go_ = go[1];
+    results_ = ::fdopen(result[0], "r");
   }
-  bool ok = true;
-  for (pid_t pid : pids) {
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    ok = ok && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  ~Baseline() {
+    ::close(go_);  // EOF: rank 0 stops, and so do the others
+    for (pid_t pid : pids_) {
+      int status = 0;
+      ::waitpid(pid, &status, 0);
+    }
+    std::fclose(results_);
+    std::system(("rm -rf '" + dir_ + "'").c_str());
   }
-  if (!ok) throw std::runtime_error("a baseline rank failed");
-  std::map<std::pair<std::string, size_t>, double> times;
-  std::ifstream in(dir + "/results");
-  std::string op;
-  size_t bytes;
-  double t;
-  while (in >> op >> bytes >> t) times[{op, bytes}] = t;
-  std::system(("rm -rf '" + dir + "'").c_str());
-  return times;
-}
+  // Runs the next block (in plan order) and returns rank 0's time per call.
+  double run_block() {
+    const char go = 'g';
+    double t = 0;
+    if (::write(go_, &go, 1) != 1 || std::fscanf(results_, "%lf", &t) != 1) {
+      throw std::runtime_error("a baseline rank failed");
+    }
+    return t;
+  }
+
+ private:
+  std::string dir_;
+  std::vector<pid_t> pids_;
+  int go_ = -1;
+  std::FILE* results_ = nullptr;
+};
 
 // ---------------------------------------------------------------------------
 // Coxswain.
 
-std::map<std::pair<std::string, size_t>, double> run_coxswain(const Plan& plan) {
+// Both sides, by turns: for each (op, size), the baseline's block, then
+// Coxswain's, so that both see the same machine.
+void run_both(const Plan& plan, const char* self, std::map<std::pair<std::string, size_t>, double>& times,
+              std::map<std::pair<std::string, size_t>, double>& raw) {
   cox::ControllerOptions o;
   o.workers = plan.workers;
   cox::Controller ctl = cox::Controller::local(o);
   cox::DeviceMesh mesh = ctl.mesh({{"x", plan.workers}});
+  Baseline baseline(plan, self);
   const int64_t n = plan.workers;
-  std::map<std::pair<std::string, size_t>, double> times;
   for (const auto& op : plan.ops) {
     for (size_t bytes : plan.sizes()) {
+      raw[{op, bytes}] = baseline.run_block();
       const int64_t count = static_cast<int64_t>(bytes / sizeof(float));
       cox::Tensor full = cox::ones(mesh, {count});
       cox::Tensor part = cox::ones(mesh, {count / n});
@@ -240,7 +276,6 @@ std::map<std::pair<std::string, size_t>, double> run_coxswain(const Plan& plan) 
       times[{op, bytes}] = median(rounds);
     }
   }
-  return times;
 }
 
 std::string human(size_t bytes) {
@@ -303,8 +338,8 @@ int main(int argc, char** argv) {
   // Sizes must split evenly over the workers in float32 elements.
   plan.min_bytes = plan.min_bytes / (sizeof(float) * plan.workers) * sizeof(float) * plan.workers;
 
-  const auto raw = run_baseline(plan, argv[0]);
-  const auto cox_times = run_coxswain(plan);
+  std::map<std::pair<std::string, size_t>, double> raw, cox_times;
+  run_both(plan, argv[0], cox_times, raw);
 
   cox::bench::JsonRows rows;
   std::printf("collectives: %d CPU workers (Gloo), float32; time per call, busbw, ratio to raw Gloo's busbw\n",

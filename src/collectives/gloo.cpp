@@ -201,43 +201,83 @@ class GlooCommunicator final : public Communicator {
     });
   }
 
-  // A ring: at step s rank r sends its partial sum of block r-s-1 to r+1
-  // and adds what r-1 sends (block r-s-2) to its own input; after size-1
-  // steps block r is complete on rank r. Send and receive overlap.
+  // Power-of-two groups: recursive halving, log2(n) exchanges with partner
+  // rank^d for d = n/2, ..., 1; each keeps the half of its blocks on its
+  // side of d, sends the other half and adds what comes back. Other sizes:
+  // a ring of n-1 steps. Either way each rank sends n-1 blocks in all, and
+  // sending overlaps receiving.
   void reduce_scatter(const void* in, void* out, size_t count, DataType t, ReduceOp op) override {
     guarded("reduce_scatter", [&] {
       with_type(t, [&](auto tag) {
         using T = decltype(tag);
-        const size_t bytes = count * sizeof(T);
-        const T* blocks = static_cast<const T*>(in);
         if (size_ == 1) {
-          std::memcpy(out, in, bytes);
+          std::memcpy(out, in, count * sizeof(T));
+        } else if ((size_ & (size_ - 1)) == 0) {
+          halving_reduce_scatter<T>(static_cast<const T*>(in), static_cast<T*>(out), count, reduce_fn<T>(op));
         } else {
-          const auto reduce = reduce_fn<T>(op);
-          const uint32_t call = next_tag();
-          const int next = (rank_ + 1) % size_, prev = (rank_ + size_ - 1) % size_;
-          // Two running sums: the one sent at step s was made at step s-1,
-          // and is only overwritten at step s+1, after its send completed.
-          // Scratch kept across calls: no allocation (nor page faults) per call.
-          if (scratch_.size() < 3 * bytes) scratch_.resize(3 * bytes);
-          T* partial[2] = {reinterpret_cast<T*>(scratch_.data()), reinterpret_cast<T*>(scratch_.data() + bytes)};
-          T* incoming = reinterpret_cast<T*>(scratch_.data() + 2 * bytes);
-          auto block = [&](int b) { return blocks + static_cast<size_t>((b % size_ + size_) % size_) * count; };
-          auto recv_buf = ctx_->createUnboundBuffer(incoming, bytes);
-          for (int s = 0; s < size_ - 1; ++s) {
-            const void* send_ptr = s == 0 ? static_cast<const void*>(block(rank_ - 1)) : partial[(s + 1) % 2];
-            auto send_buf = ctx_->createUnboundBuffer(const_cast<void*>(send_ptr), bytes);
-            send_buf->send(next, slot(kReduceScatterPrefix, call, s));
-            recv_buf->recv(prev, slot(kReduceScatterPrefix, call, s));
-            recv_buf->waitRecv(timeout_);
-            void* dst = s == size_ - 2 ? out : partial[s % 2];
-            reduce(dst, block(rank_ - s - 2), incoming, count);
-            send_buf->waitSend(timeout_);
-          }
+          ring_reduce_scatter<T>(static_cast<const T*>(in), static_cast<T*>(out), count, reduce_fn<T>(op));
         }
         if (op == ReduceOp::kAvg) divide<T>(out, count, size_);
       });
     });
+  }
+
+  template <class T>
+  void halving_reduce_scatter(const T* in, T* out, size_t count, const gloo::AllreduceOptions::Func& reduce) {
+    const uint32_t call = next_tag();
+    const size_t half_bytes = static_cast<size_t>(size_ / 2) * count * sizeof(T);
+    // Scratch kept across calls: no allocation (nor page faults) per call.
+    if (scratch_.size() < 2 * half_bytes) scratch_.resize(2 * half_bytes);
+    T* acc = reinterpret_cast<T*>(scratch_.data());  // the running sums of the kept blocks
+    T* incoming = reinterpret_cast<T*>(scratch_.data() + half_bytes);
+    const T* cur = in;  // blocks [lo, lo + len) of the running sums
+    int lo = 0, len = size_;
+    uint32_t step = 0;
+    for (int d = size_ / 2; d >= 1; d /= 2, ++step) {
+      const int half = len / 2;
+      const bool upper = (rank_ & d) != 0;
+      const T* keep = cur + static_cast<size_t>(upper ? half : 0) * count;
+      const T* give = cur + static_cast<size_t>(upper ? 0 : half) * count;
+      const size_t n = static_cast<size_t>(half) * count;
+      auto send_buf = ctx_->createUnboundBuffer(const_cast<T*>(give), n * sizeof(T));
+      auto recv_buf = ctx_->createUnboundBuffer(incoming, n * sizeof(T));
+      send_buf->send(rank_ ^ d, slot(kReduceScatterPrefix, call, step));
+      recv_buf->recv(rank_ ^ d, slot(kReduceScatterPrefix, call, step));
+      recv_buf->waitRecv(timeout_);
+      T* dst = d == 1 ? out : acc;  // kept blocks never overlap the half being sent
+      reduce(dst, keep, incoming, n);
+      send_buf->waitSend(timeout_);
+      cur = acc;
+      if (upper) lo += half;
+      len = half;
+    }
+  }
+
+  // At step s rank r sends its running sum of block r-s-1 to r+1 and adds
+  // what r-1 sends (block r-s-2) to its own input; after n-1 steps block r
+  // is complete on rank r.
+  template <class T>
+  void ring_reduce_scatter(const T* blocks, T* out, size_t count, const gloo::AllreduceOptions::Func& reduce) {
+    const size_t bytes = count * sizeof(T);
+    const uint32_t call = next_tag();
+    const int next = (rank_ + 1) % size_, prev = (rank_ + size_ - 1) % size_;
+    // Two running sums: the one sent at step s was made at step s-1, and is
+    // only overwritten at step s+1, after its send completed.
+    if (scratch_.size() < 3 * bytes) scratch_.resize(3 * bytes);
+    T* partial[2] = {reinterpret_cast<T*>(scratch_.data()), reinterpret_cast<T*>(scratch_.data() + bytes)};
+    T* incoming = reinterpret_cast<T*>(scratch_.data() + 2 * bytes);
+    auto block = [&](int b) { return blocks + static_cast<size_t>((b % size_ + size_) % size_) * count; };
+    auto recv_buf = ctx_->createUnboundBuffer(incoming, bytes);
+    for (int s = 0; s < size_ - 1; ++s) {
+      const T* send_ptr = s == 0 ? block(rank_ - 1) : partial[(s + 1) % 2];
+      auto send_buf = ctx_->createUnboundBuffer(const_cast<T*>(send_ptr), bytes);
+      send_buf->send(next, slot(kReduceScatterPrefix, call, static_cast<uint32_t>(s)));
+      recv_buf->recv(prev, slot(kReduceScatterPrefix, call, static_cast<uint32_t>(s)));
+      recv_buf->waitRecv(timeout_);
+      T* dst = s == size_ - 2 ? out : partial[s % 2];
+      reduce(dst, block(rank_ - s - 2), incoming, count);
+      send_buf->waitSend(timeout_);
+    }
   }
 
   void all_gather(const void* in, void* out, size_t count, DataType t) override {
@@ -385,7 +425,7 @@ class GlooCommunicator final : public Communicator {
   std::shared_ptr<Context> ctx_;
   std::chrono::milliseconds timeout_;
   uint32_t tag_ = 0;
-  std::vector<char> scratch_;  // reduce_scatter's running sums and receive buffer
+  std::vector<char> scratch_;  // reduce_scatter's running sums and receive buffers
 };
 
 }  // namespace
