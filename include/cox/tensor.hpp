@@ -157,8 +157,10 @@ class COX_API Tensor {
   template <class T>
   T item() const;
 
-  // Autograd, run on the workers.
-  void backward() const;
+  // Autograd, run on the workers: from a one-element tensor, or from any
+  // tensor given its gradient (of the same sizes and mesh), as a pipeline
+  // stage or a tensor-parallel layer does with a gradient it received.
+  void backward(const Tensor& grad = Tensor()) const;
   Tensor grad() const;
   Tensor& requires_grad_(bool enabled = true);
   Tensor detach() const;

@@ -642,9 +642,20 @@ at::Tensor Engine::wait_fetch(int rank, uint64_t request, std::optional<std::chr
   return out;
 }
 
-void Engine::backward(const Tensor& t) {
+void Engine::backward(const Tensor& t, const Tensor& grad) {
+  if (grad.defined()) {
+    COX_CHECK_ARG(grad.mesh() == t.mesh() || grad.mesh().shape() == t.mesh().shape(),
+                  "backward: the gradient is on mesh {}, the tensor on {}", grad.mesh().shape().to_string(),
+                  t.mesh().shape().to_string());
+    COX_CHECK_ARG(grad.sizes() == t.sizes(), "backward: a gradient of sizes [{}] for a tensor of sizes [{}]",
+                  fmt::join(grad.sizes(), ", "), fmt::join(t.sizes(), ", "));
+  } else {
+    COX_CHECK_ARG(t.numel() == 1, "backward: a tensor of {} elements needs a gradient (backward(grad))", t.numel());
+  }
+  COX_CHECK_ARG(t.requires_grad(), "backward: the tensor does not require grad (no autograd history)");
   std::lock_guard<std::recursive_mutex> lk(mu_);
-  post_all(t.mesh().info()->ranks, wire::encode_frame(wire::Backward{t.impl()->id}));
+  post_all(t.mesh().info()->ranks,
+           wire::encode_frame(wire::Backward{t.impl()->id, grad.defined() ? grad.impl()->id : 0}));
 }
 
 Tensor Engine::grad(const Tensor& t) {

@@ -85,7 +85,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
   at::Tensor wait_fetch(int rank, uint64_t request, std::optional<std::chrono::milliseconds> timeout);
   void resolve(PendingMeta& p);
 
-  void backward(const Tensor& t);
+  void backward(const Tensor& t, const Tensor& grad);
   Tensor grad(const Tensor& t);
   bool set_grad_mode(bool enabled);  // returns the previous mode
   void seed(const DeviceMesh& mesh, uint64_t seed, bool per_rank);

@@ -178,7 +178,7 @@ template COX_API double Tensor::item<double>() const;
 template COX_API int64_t Tensor::item<int64_t>() const;
 template COX_API bool Tensor::item<bool>() const;
 
-void Tensor::backward() const { mesh().engine()->backward(*this); }
+void Tensor::backward(const Tensor& grad) const { mesh().engine()->backward(*this, grad); }
 Tensor Tensor::grad() const { return mesh().engine()->grad(*this); }
 Tensor& Tensor::requires_grad_(bool enabled) {
   op1(COX_OP("aten::requires_grad_", ""), {*this, enabled});

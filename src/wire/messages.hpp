@@ -345,8 +345,14 @@ struct Seed {
 struct Backward {
   static constexpr MsgType kType = MsgType::kBackward;
   uint64_t id = 0;
-  void encode(Writer& w) const { w.put(id); }
-  static Backward decode(Reader& r) { return {r.get<uint64_t>("backward.id")}; }
+  uint64_t grad = 0;  // the gradient of `id` to start from (0: ones, for a scalar)
+  void encode(Writer& w) const { w.put(id); w.put(grad); }
+  static Backward decode(Reader& r) {
+    Backward b;
+    b.id = r.get<uint64_t>("backward.id");
+    b.grad = r.get<uint64_t>("backward.grad");
+    return b;
+  }
 };
 
 struct Grad {

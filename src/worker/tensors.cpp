@@ -243,8 +243,14 @@ void Tensors::seed(const wire::Seed& m) {
 std::optional<std::string> Tensors::backward(const wire::Backward& m) {
   const Slot& s = slot(m.id);
   if (s.failure) return "backward from an error value: " + s.failure->op + ": " + s.failure->message;
+  std::vector<at::Tensor> grads;
+  if (m.grad) {
+    const Slot& g = slot(m.grad);
+    if (g.failure) return "backward with an error value as the gradient: " + g.failure->op + ": " + g.failure->message;
+    grads.push_back(g.tensor);
+  }
   try {
-    torch::autograd::backward({s.tensor});
+    torch::autograd::backward({s.tensor}, grads);
   } catch (const std::exception& e) {
     return message_of(e);
   }

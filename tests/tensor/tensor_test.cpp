@@ -313,6 +313,18 @@ TEST_CASE("autograd on the workers equals local autograd", "[tensor][autograd]")
   REQUIRE_THROWS_WITH(from_local(m, x).grad().fetch({0, 0}).get(), Catch::Contains("no gradient"));
 }
 
+TEST_CASE("backward from a given gradient, as a pipeline stage does", "[tensor][autograd]") {
+  DeviceMesh m = mesh();
+  at::Tensor x = local_randn({4, 5}, 40), w = local_randn({5, 3}, 41), g = local_randn({4, 3}, 42);
+  Tensor rw = from_local(m, w, /*requires_grad=*/true);
+  Tensor y = from_local(m, x).matmul(rw);
+  y.backward(from_local(m, g));
+  require_same(rw.grad(), x.t().matmul(g));
+  REQUIRE_THROWS_WITH(y.backward(), Catch::Contains("12 elements needs a gradient"));
+  REQUIRE_THROWS_WITH(y.backward(from_local(m, g.t())), Catch::Contains("sizes [3, 4]"));
+  REQUIRE_THROWS_WITH(from_local(m, x).backward(from_local(m, x)), Catch::Contains("does not require grad"));
+}
+
 TEST_CASE("remote functions from a plugin library", "[tensor][remote]") {
   DeviceMesh m = mesh();
   m.load_library(COX_TEST_PLUGIN);
