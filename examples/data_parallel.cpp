@@ -27,7 +27,7 @@ void usage() {
 int main(int argc, char** argv) {
   cox::examples::DataParallelConfig c;
   int workers = 4;
-  double target = 0.35;
+  double target = 0.6;
   int64_t log_every = 25;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];

@@ -28,7 +28,7 @@ struct DataParallelConfig {
   int64_t layers = 3;          // linear layers (>= 2)
   int64_t batch = 64;          // per worker
   int64_t steps = 300;
-  double lr = 3e-3;
+  double lr = 5e-3;
   double weight_decay = 0.01;
   double warmup = 0.05;        // fraction of steps
   int64_t bucket_bytes = 4 << 20;  // gradients are averaged in buckets of about this size
@@ -72,11 +72,13 @@ struct AdamW {
 
 class DataParallelTrainer {
  public:
+  static constexpr int64_t kTeacherHidden = 16;  // a teacher smaller than the student: learnable
+
   DataParallelTrainer(DeviceMesh mesh, DataParallelConfig c) : mesh_(std::move(mesh)), c_(c) {
     // Teacher and initial parameters: the same on every worker.
     mesh_.manual_seed(c_.seed);
-    teacher_.push_back(randn(mesh_, {c_.inputs, c_.hidden}) * (1.0 / std::sqrt(double(c_.inputs))));
-    teacher_.push_back(randn(mesh_, {c_.hidden, c_.classes}) * (3.0 / std::sqrt(double(c_.hidden))));
+    teacher_.push_back(randn(mesh_, {c_.inputs, kTeacherHidden}) * (1.0 / std::sqrt(double(c_.inputs))));
+    teacher_.push_back(randn(mesh_, {kTeacherHidden, c_.classes}) * (3.0 / std::sqrt(double(kTeacherHidden))));
     int64_t fan_in = c_.inputs;
     for (int64_t l = 0; l < c_.layers; ++l) {
       const int64_t fan_out = l + 1 == c_.layers ? c_.classes : c_.hidden;
