@@ -20,6 +20,7 @@
 // buffers (Gloo has no reduce-scatter in its new-style API); the baseline
 // uses Gloo's ReduceScatterHalvingDoubling.
 #include "bench_util.hpp"
+#include "spmd_group.hpp"
 
 #include <cox/collectives.hpp>
 #include <cox/tensor.hpp>
@@ -35,16 +36,11 @@
 #include <gloo/rendezvous/file_store.h>
 #include <gloo/transport/tcp/device.h>
 
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
-
-extern char** environ;
 
 namespace {
 
@@ -147,10 +143,7 @@ int run_baseline_rank(const Plan& plan, int rank, const std::string& dir) {
       const int k = Plan::iters(bytes);
       // Rank 0 waits for the go of the benchmark's driver (a byte on stdin),
       // so that this block and Coxswain's run by turns, never together.
-      if (rank == 0) {
-        char go;
-        if (::read(0, &go, 1) != 1) return 1;
-      }
+      if (rank == 0 && !cox::bench::SpmdGroup::wait_turn()) return 1;
       barrier();
       call();  // warm up
       std::vector<double> rounds;
@@ -161,76 +154,11 @@ int run_baseline_rank(const Plan& plan, int rank, const std::string& dir) {
         barrier();
         rounds.push_back(seconds_since(t0) / k);
       }
-      if (rank == 0) {
-        std::printf("%.9g\n", median(rounds));
-        std::fflush(stdout);
-      }
+      if (rank == 0) cox::bench::SpmdGroup::report(median(rounds));
     }
   }
   return 0;
 }
-
-// The baseline's N processes; run_block() lets them time the next block.
-class Baseline {
- public:
-  Baseline(const Plan& plan, const char* self) {
-    char tmpl[] = "/tmp/cox-collectives-bench-XXXXXX";
-    dir_ = ::mkdtemp(tmpl);
-    int go[2], result[2];
-    if (::pipe(go) != 0 || ::pipe(result) != 0) throw std::runtime_error("pipe failed");
-    std::string ops;
-    for (const auto& op : plan.ops) ops += (ops.empty() ? "" : ",") + op;
-    for (int r = 0; r < plan.workers; ++r) {
-      std::vector<std::string> args{self, "--baseline-rank", std::to_string(r), "--baseline-dir", dir_,
-                                    "--workers", std::to_string(plan.workers), "--min-bytes",
-                                    std::to_string(plan.min_bytes), "--max-bytes", std::to_string(plan.max_bytes),
-                                    "--ops", ops};
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      posix_spawn_file_actions_t fa;
-      posix_spawn_file_actions_init(&fa);
-      if (r == 0) {
-        posix_spawn_file_actions_adddup2(&fa, go[0], 0);
-        posix_spawn_file_actions_adddup2(&fa, result[1], 1);
-      }
-      for (int fd : {go[0], go[1], result[0], result[1]}) posix_spawn_file_actions_addclose(&fa, fd);
-      pid_t pid;
-      const int rc = ::posix_spawn(&pid, "/proc/self/exe", &fa, nullptr, argv.data(), environ);
-      posix_spawn_file_actions_destroy(&fa);
-      if (rc != 0) throw std::runtime_error("cannot start a baseline rank");
-      pids_.push_back(pid);
-    }
-    ::close(go[0]);
-    ::close(result[1]);
-    go_ = go[1];
-    results_ = ::fdopen(result[0], "r");
-  }
-  ~Baseline() {
-    ::close(go_);  // EOF: rank 0 stops, and so do the others
-    for (pid_t pid : pids_) {
-      int status = 0;
-      ::waitpid(pid, &status, 0);
-    }
-    std::fclose(results_);
-    std::system(("rm -rf '" + dir_ + "'").c_str());
-  }
-  // Runs the next block (in plan order) and returns rank 0's time per call.
-  double run_block() {
-    const char go = 'g';
-    double t = 0;
-    if (::write(go_, &go, 1) != 1 || std::fscanf(results_, "%lf", &t) != 1) {
-      throw std::runtime_error("a baseline rank failed");
-    }
-    return t;
-  }
-
- private:
-  std::string dir_;
-  std::vector<pid_t> pids_;
-  int go_ = -1;
-  std::FILE* results_ = nullptr;
-};
 
 // ---------------------------------------------------------------------------
 // Coxswain.
@@ -243,7 +171,13 @@ void run_both(const Plan& plan, const char* self, std::map<std::pair<std::string
   o.workers = plan.workers;
   cox::Controller ctl = cox::Controller::local(o);
   cox::DeviceMesh mesh = ctl.mesh({{"x", plan.workers}});
-  Baseline baseline(plan, self);
+  std::string ops;
+  for (const auto& op : plan.ops) ops += (ops.empty() ? "" : ",") + op;
+  cox::bench::SpmdGroup baseline(self, plan.workers, [&](int r, const std::string& dir) {
+    return std::vector<std::string>{"--baseline-rank", std::to_string(r), "--baseline-dir", dir, "--workers",
+                                    std::to_string(plan.workers), "--min-bytes", std::to_string(plan.min_bytes),
+                                    "--max-bytes", std::to_string(plan.max_bytes), "--ops", ops};
+  });
   const int64_t n = plan.workers;
   for (const auto& op : plan.ops) {
     for (size_t bytes : plan.sizes()) {
