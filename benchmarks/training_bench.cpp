@@ -33,7 +33,7 @@ namespace {
 
 using cox::bench::Clock;
 using cox::bench::seconds_since;
-using cox::examples::DataParallelConfig;
+using cox::examples::TrainingConfig;
 
 struct Plan {
   int workers = 4;
@@ -41,8 +41,8 @@ struct Plan {
   int steps = 10;  // per round; median of 3 rounds
 };
 
-DataParallelConfig config(int64_t hidden) {
-  DataParallelConfig c;
+TrainingConfig config(int64_t hidden) {
+  TrainingConfig c;
   c.hidden = hidden;
   c.steps = 1000000;  // a long schedule: the rate stays warm-up-free after the first steps
   c.warmup = 0;
@@ -60,7 +60,7 @@ double median(std::vector<double> v) {
 
 class SpmdTrainer {
  public:
-  SpmdTrainer(const DataParallelConfig& c, int rank, int n, std::shared_ptr<gloo::Context> ctx)
+  SpmdTrainer(const TrainingConfig& c, int rank, int n, std::shared_ptr<gloo::Context> ctx)
       : c_(c), rank_(rank), n_(n), ctx_(std::move(ctx)) {
     at::manual_seed(c.seed);
     teacher_.push_back(at::randn({c.inputs, 16}) / std::sqrt(double(c.inputs)));
@@ -133,7 +133,7 @@ class SpmdTrainer {
   }
 
  private:
-  DataParallelConfig c_;
+  TrainingConfig c_;
   int rank_, n_;
   std::shared_ptr<gloo::Context> ctx_;
   std::vector<at::Tensor> teacher_, params_, m_, v_;

@@ -25,7 +25,7 @@ void usage() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  cox::examples::DataParallelConfig c;
+  cox::examples::TrainingConfig c;
   int workers = 4;
   double target = 0.6;
   int64_t log_every = 25;

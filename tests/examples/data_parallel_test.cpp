@@ -25,7 +25,7 @@ TEST_CASE("data parallel over 4 workers equals one process with the global batch
   Controller ctl = Controller::local(o);
   DeviceMesh mesh = ctl.mesh({{"dp", 4}});
 
-  examples::DataParallelConfig c;
+  examples::TrainingConfig c;
   c.inputs = 12;
   c.hidden = 24;
   c.classes = 5;
