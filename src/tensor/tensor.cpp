@@ -30,6 +30,13 @@ std::shared_ptr<const MeshInfo> make_info(Shape s) {
   return info;
 }
 
+// A scalar multiplier as libtorch wants it: a whole number as an integer, so
+// that integer tensors take it too.
+Arg scalar_arg(double v) {
+  if (v == static_cast<double>(static_cast<int64_t>(v))) return Arg(static_cast<int64_t>(v));
+  return Arg(v);
+}
+
 Tensor first(std::vector<Tensor> outs) {
   COX_INTERNAL_ASSERT(!outs.empty(), "op returned no tensor");
   return std::move(outs.front());
@@ -186,8 +193,8 @@ Tensor& Tensor::requires_grad_(bool enabled) {
 }
 Tensor Tensor::detach() const { return op1(COX_OP("aten::detach", ""), {*this}); }
 
-Tensor Tensor::add(const Tensor& o, double alpha) const { return op1(COX_OP("aten::add", "Tensor"), {*this, o, alpha}); }
-Tensor Tensor::sub(const Tensor& o, double alpha) const { return op1(COX_OP("aten::sub", "Tensor"), {*this, o, alpha}); }
+Tensor Tensor::add(const Tensor& o, double alpha) const { return op1(COX_OP("aten::add", "Tensor"), {*this, o, scalar_arg(alpha)}); }
+Tensor Tensor::sub(const Tensor& o, double alpha) const { return op1(COX_OP("aten::sub", "Tensor"), {*this, o, scalar_arg(alpha)}); }
 Tensor Tensor::mul(const Tensor& o) const { return op1(COX_OP("aten::mul", "Tensor"), {*this, o}); }
 Tensor Tensor::div(const Tensor& o) const { return op1(COX_OP("aten::div", "Tensor"), {*this, o}); }
 Tensor Tensor::add(double s) const { return op1(COX_OP("aten::add", "Scalar"), {*this, s}); }
@@ -242,7 +249,7 @@ Tensor Tensor::to(at::ScalarType dtype) const { return op1(COX_OP("aten::to", "d
 Tensor Tensor::clone() const { return op1(COX_OP("aten::clone", ""), {*this}); }
 
 Tensor& Tensor::add_(const Tensor& o, double alpha) {
-  op1(COX_OP("aten::add_", "Tensor"), {*this, o, alpha});
+  op1(COX_OP("aten::add_", "Tensor"), {*this, o, scalar_arg(alpha)});
   return *this;
 }
 Tensor& Tensor::add_(double s) {
@@ -250,7 +257,7 @@ Tensor& Tensor::add_(double s) {
   return *this;
 }
 Tensor& Tensor::sub_(const Tensor& o, double alpha) {
-  op1(COX_OP("aten::sub_", "Tensor"), {*this, o, alpha});
+  op1(COX_OP("aten::sub_", "Tensor"), {*this, o, scalar_arg(alpha)});
   return *this;
 }
 Tensor& Tensor::mul_(const Tensor& o) {
