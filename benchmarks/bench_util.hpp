@@ -55,7 +55,10 @@ inline bool parse_options(int argc, char** argv, const char* name, Options& o) {
   return true;
 }
 
-// Collects rows of named numbers and writes them as a JSON array.
+// Collects measurements and writes them as a JSON array, one object each:
+// "bench", "case", "value", "unit", and where the benchmark has a baseline
+// from the same run, "baseline" and "ratio" (the benchmark's table says which
+// way the ratio reads), plus whatever else describes the case.
 class JsonRows {
  public:
   void add(std::map<std::string, std::string> strings, std::map<std::string, double> numbers) {

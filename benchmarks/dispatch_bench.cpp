@@ -84,11 +84,11 @@ int main(int argc, char** argv) {
     for (auto& [name, r] : {std::pair<const char*, Result>{"add", add}, {"chain4", chain}}) {
       std::printf("%-8s %7d %14.0f %14.0f %14.0f %8.2f\n", name, workers, r.issue, r.end_to_end, r.raw,
                   r.raw / r.end_to_end);
-      rows.add({{"workload", name}}, {{"workers", workers},
-                                      {"issue_ops_per_s", r.issue},
-                                      {"end_to_end_ops_per_s", r.end_to_end},
-                                      {"raw_ops_per_s", r.raw},
-                                      {"ratio_raw_over_end_to_end", r.raw / r.end_to_end}});
+      const std::string c = std::string(name) + "/workers=" + std::to_string(workers);
+      rows.add({{"bench", "dispatch"}, {"case", c + "/end_to_end"}, {"unit", "ops/s"}},
+               {{"value", r.end_to_end}, {"baseline", r.raw}, {"ratio", r.raw / r.end_to_end}, {"workers", double(workers)}});
+      rows.add({{"bench", "dispatch"}, {"case", c + "/issue"}, {"unit", "ops/s"}},
+               {{"value", r.issue}, {"workers", double(workers)}});
     }
   }
   std::printf("raw/e2e: how many times faster raw libtorch in one process is (1.0 = parity)\n");

@@ -214,16 +214,16 @@ int main(int argc, char** argv) {
     const double rt_raw = stats(raw_us).median;
     const double rt_cox = stats(cox_us).median;
     std::printf("%-10s %8d %11.1f us %11.1f us %8.2f\n", "roundtrip", workers, rt_cox, rt_raw, rt_cox / rt_raw);
-    rows.add({{"test", "roundtrip"}}, {{"workers", workers}, {"coxswain_us", rt_cox}, {"raw_us", rt_raw},
-                                       {"ratio", rt_cox / rt_raw}});
+    rows.add({{"bench", "messaging"}, {"case", "roundtrip/workers=" + std::to_string(workers)}, {"unit", "us"}},
+             {{"value", rt_cox}, {"baseline", rt_raw}, {"ratio", rt_cox / rt_raw}, {"workers", double(workers)}});
 
     cox_stream_msgs_per_s(ctl, stream_n / 10, 0);
     const double tp_raw = raw_stream_msgs_per_s(raw, stream_n);
     const double tp_cox = cox_stream_msgs_per_s(ctl, stream_n, stream_n / 10);
     std::printf("%-10s %8d %9.2f M/s %9.2f M/s %8.2f\n", "one-way", workers, tp_cox / 1e6, tp_raw / 1e6,
                 tp_cox / tp_raw);
-    rows.add({{"test", "one-way"}}, {{"workers", workers}, {"coxswain_msgs_per_s", tp_cox}, {"raw_msgs_per_s", tp_raw},
-                                     {"ratio", tp_cox / tp_raw}});
+    rows.add({{"bench", "messaging"}, {"case", "one-way/workers=" + std::to_string(workers)}, {"unit", "msgs/s"}},
+             {{"value", tp_cox}, {"baseline", tp_raw}, {"ratio", tp_cox / tp_raw}, {"workers", double(workers)}});
   }
   std::printf("roundtrip ratio: coxswain/raw time (lower is better); one-way ratio: coxswain/raw rate (higher is better)\n");
   if (!json.empty() && !rows.write(json)) {
