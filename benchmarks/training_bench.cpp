@@ -12,6 +12,7 @@
 #include "spmd_group.hpp"
 
 #include "data_parallel.hpp"
+#include "kernels.hpp"
 
 #include <cox/controller.hpp>
 
@@ -119,17 +120,27 @@ class SpmdTrainer {
       end = begin;
     }
     for (auto& p : params_) p.grad().zero_();
+    // The same fused AdamW as the example's (its CPU implementation).
     ++t_;
-    const double lr = cox::examples::learning_rate(c_, step), b1 = 0.9, b2 = 0.999;
-    const double c1 = 1 - std::pow(b1, double(t_)), c2 = 1 - std::pow(b2, double(t_));
+    std::vector<float*> p, m, v;
+    std::vector<const float*> g;
+    std::vector<int64_t> n;
     for (size_t i = 0; i < params_.size(); ++i) {
-      const at::Tensor& g = grads[i];
-      m_[i].mul_(b1).add_(g, 1 - b1);
-      v_[i].mul_(b2).add_(g * g, 1 - b2);
-      params_[i].mul_(1 - lr * c_.weight_decay);
-      const at::Tensor denom = (v_[i] * (1 / c2)).sqrt() + 1e-8;
-      params_[i].sub_(m_[i] / denom, lr / c1);
+      p.push_back(params_[i].data_ptr<float>());
+      g.push_back(grads[i].data_ptr<float>());
+      m.push_back(m_[i].data_ptr<float>());
+      v.push_back(v_[i].data_ptr<float>());
+      n.push_back(params_[i].numel());
     }
+    cox::kernels::TensorLists lists;
+    lists.count = static_cast<int>(p.size());
+    lists.params = p.data();
+    lists.grads = g.data();
+    lists.state1 = m.data();
+    lists.state2 = v.data();
+    lists.n = n.data();
+    cox::kernels::adamw_f32_cpu(lists, {static_cast<float>(cox::examples::learning_rate(c_, step)), 0.9f, 0.999f,
+                                        1e-8f, static_cast<float>(c_.weight_decay), t_});
   }
 
  private:

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cox/collectives.hpp>
+#include <cox/optim.hpp>
 #include <cox/tensor.hpp>
 
 #include <ATen/ATen.h>
@@ -40,7 +41,8 @@ inline double learning_rate(const TrainingConfig& c, int64_t step) {
   return c.lr * (0.1 + 0.9 * 0.5 * (1 + std::cos(M_PI * t)));
 }
 
-// AdamW on one parameter; every call is an op on the workers.
+// AdamW over every parameter: one fused op per step (cox::fused_adamw_),
+// where the same step from aten ops would be about ten per parameter.
 struct AdamW {
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
   std::vector<Tensor> m, v;
@@ -54,16 +56,7 @@ struct AdamW {
         v.push_back(zeros(p.mesh(), p.sizes()));
       }
     }
-    const double c1 = 1 - std::pow(beta1, static_cast<double>(t));
-    const double c2 = 1 - std::pow(beta2, static_cast<double>(t));
-    for (size_t i = 0; i < params.size(); ++i) {
-      const Tensor& g = grads[i];
-      m[i].mul_(beta1).add_(g, 1 - beta1);
-      v[i].mul_(beta2).add_(g * g, 1 - beta2);
-      params[i].mul_(1 - lr * weight_decay);
-      const Tensor denom = (v[i] * (1 / c2)).sqrt() + eps;
-      params[i].sub_(m[i] / denom, lr / c1);
-    }
+    fused_adamw_(params, grads, m, v, {lr, beta1, beta2, eps, weight_decay}, t);
   }
 };
 

@@ -11,6 +11,37 @@
 
 namespace cox::kernels {
 
+// Lists of float32 tensors for the multi-tensor kernels: tensor i has n[i]
+// elements at params[i], grads[i] and, per optimizer, its state buffers.
+struct TensorLists {
+  int count = 0;
+  float* const* params = nullptr;
+  const float* const* grads = nullptr;
+  float* const* state1 = nullptr;  // AdamW: exp_avg; SGD: momentum buffer
+  float* const* state2 = nullptr;  // AdamW: exp_avg_sq
+  const int64_t* n = nullptr;
+};
+
+// One AdamW step (decoupled weight decay) on every tensor of the lists:
+//   p *= 1 - lr*wd; m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g*g;
+//   p -= lr/bc1 * m / (sqrt(v/bc2) + eps),  bc1 = 1-b1^step, bc2 = 1-b2^step.
+struct AdamWStep {
+  float lr, beta1, beta2, eps, weight_decay;
+  int64_t step;  // 1 for the first step
+};
+int adamw_f32_cuda(const TensorLists& t, const AdamWStep& s, void* stream);
+void adamw_f32_cpu(const TensorLists& t, const AdamWStep& s);
+
+// One SGD step with momentum (PyTorch's convention) on every tensor:
+//   g += wd*p; buf = first ? g : momentum*buf + (1-dampening)*g;
+//   p -= lr * (nesterov ? g + momentum*buf : buf).
+struct SgdStep {
+  float lr, momentum, dampening, weight_decay;
+  bool nesterov, first;
+};
+int sgd_momentum_f32_cuda(const TensorLists& t, const SgdStep& s, void* stream);
+void sgd_momentum_f32_cpu(const TensorLists& t, const SgdStep& s);
+
 // y[i] += alpha * x[i] for i in [0, n).
 int axpy_f32_cuda(int64_t n, float alpha, const float* x, float* y, void* stream);
 void axpy_f32_cpu(int64_t n, float alpha, const float* x, float* y);

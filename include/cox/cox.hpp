@@ -4,5 +4,6 @@
 #include <cox/collectives.hpp>
 #include <cox/controller.hpp>
 #include <cox/errors.hpp>
+#include <cox/optim.hpp>
 #include <cox/shape.hpp>
 #include <cox/tensor.hpp>

@@ -5,6 +5,7 @@
 #include <cox/tensor.hpp>
 
 #include "controller/controller_impl.hpp"
+#include "ops/registry.hpp"
 #include "tensor/meta.hpp"
 #include "wire/messages.hpp"
 
@@ -72,7 +73,7 @@ const OpInfo& intern_op(const std::string& name, const std::string& overload);
 
 class Engine : public std::enable_shared_from_this<Engine> {
  public:
-  explicit Engine(Controller::Impl* impl) : impl_(impl) {}
+  explicit Engine(Controller::Impl* impl) : impl_(impl) { ops_detail::ensure_registered(); }
   // The controller is shutting down: later calls throw, releases are dropped.
   void detach();
 

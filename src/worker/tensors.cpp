@@ -52,7 +52,7 @@ void Tensors::define_op(const wire::DefineOp& m) {
   // An op this libtorch lacks fails when used, not here.
 }
 
-void Tensors::run_op(const wire::FrameView& f) {
+std::optional<std::string> Tensors::run_op(const wire::FrameView& f) {
   Reader r(f.payload, f.size, "op");
   const uint32_t op_id = r.get<uint32_t>("op.id");
   if (op_id >= ops_.size() || ops_[op_id].name.empty()) {
@@ -113,11 +113,13 @@ void Tensors::run_op(const wire::FrameView& f) {
   const bool report = r.get<int32_t>("op.reporter") == rank_ && meta_request != 0;
   r.expect_end();
 
-  auto fail_all = [&](std::shared_ptr<const Failure> failure) {
+  auto fail_all = [&](std::shared_ptr<const Failure> failure) -> std::optional<std::string> {
     for (uint64_t id : ids) {
       if (id) fail(id, failure);
     }
     if (report) reply_error(meta_request, *failure);
+    if (ids.empty()) return failure->op + ": " + failure->message;
+    return std::nullopt;
   };
   // Ops that read an error value do not run; their outputs carry the error.
   if (upstream) return fail_all(upstream);
@@ -147,6 +149,7 @@ void Tensors::run_op(const wire::FrameView& f) {
   }
   stack.clear();  // keeps its capacity, drops its references
   if (report) reply_metas(meta_request, outs);
+  return std::nullopt;
 }
 
 // The tensor arguments of an op frame, described for an error message (read

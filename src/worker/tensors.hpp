@@ -38,7 +38,9 @@ class Tensors {
   ~Tensors();
 
   void define_op(const wire::DefineOp& m);
-  void run_op(const wire::FrameView& f);
+  // An op with no outputs (one that only writes its inputs) has nothing to
+  // mark when it fails: its failure is returned, to be reported.
+  std::optional<std::string> run_op(const wire::FrameView& f);
   void free(const wire::Free& m);
   void fetch(const wire::Fetch& m);
   void put(const wire::Put& m);

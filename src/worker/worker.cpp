@@ -7,6 +7,7 @@
 #include "worker/tensors.hpp"
 
 #include "common/check.hpp"
+#include "ops/registry.hpp"
 #include "transport/auth.hpp"
 #include "transport/channel.hpp"
 #include "wire/messages.hpp"
@@ -459,7 +460,7 @@ class Executor {
         return true;
       }
       case wire::MsgType::kOp:
-        tensors_.run_op(f);
+        if (auto err = tensors_.run_op(f)) report("op", *err);
         return true;
       case wire::MsgType::kDefineOp:
         tensors_.define_op(wire::decode<wire::DefineOp>(f));
@@ -640,6 +641,7 @@ int run_worker(const WorkerOptions& o) {
   });
 
   install_caching_cpu_allocator();
+  ops_detail::ensure_registered();  // Coxswain's own ops (fused optimizers)
   Executor exec(o.rank, *channel, reader, gloo_hostname(s.fd));
   bool shut_down = false;
   try {

@@ -5,6 +5,7 @@
 #include <c10/core/GradMode.h>
 #include <torch/csrc/autograd/autograd.h>
 
+#include <cox/optim.hpp>
 #include <cox/tensor.hpp>
 
 #include <catch2/catch.hpp>
@@ -323,6 +324,40 @@ TEST_CASE("backward from a given gradient, as a pipeline stage does", "[tensor][
   REQUIRE_THROWS_WITH(y.backward(), Catch::Contains("12 elements needs a gradient"));
   REQUIRE_THROWS_WITH(y.backward(from_local(m, g.t())), Catch::Contains("sizes [3, 4]"));
   REQUIRE_THROWS_WITH(from_local(m, x).backward(from_local(m, x)), Catch::Contains("does not require grad"));
+}
+
+TEST_CASE("fused optimizer ops match their formulas, and check their lists", "[tensor][optim]") {
+  DeviceMesh m = mesh();
+  at::Tensor p0 = local_randn({5, 3}, 50), p1 = local_randn({7}, 51), g0 = local_randn({5, 3}, 52),
+             g1 = local_randn({7}, 53);
+  std::vector<Tensor> params{from_local(m, p0), from_local(m, p1)}, grads{from_local(m, g0), from_local(m, g1)};
+  std::vector<Tensor> bufs{zeros(m, {5, 3}), zeros(m, {7})};
+  SgdOptions o;
+  o.lr = 0.1;
+  o.momentum = 0.9;
+  o.weight_decay = 0.01;
+  fused_sgd_momentum_(params, grads, bufs, o, /*first=*/true);
+  fused_sgd_momentum_(params, grads, bufs, o, /*first=*/false);
+  // By hand: two steps of PyTorch's SGD with momentum.
+  std::vector<at::Tensor> lp{p0.clone(), p1.clone()}, lg{g0, g1}, lb(2);
+  for (int step = 0; step < 2; ++step) {
+    for (size_t i = 0; i < 2; ++i) {
+      const at::Tensor d = lg[i] + 0.01 * lp[i];
+      lb[i] = step == 0 ? d : 0.9 * lb[i] + d;
+      lp[i] = lp[i] - 0.1 * lb[i];
+    }
+  }
+  require_same(params[0], lp[0]);
+  require_same(params[1], lp[1]);
+  require_same(bufs[1], lb[1]);
+
+  AdamWOptions a;
+  REQUIRE_THROWS_WITH(fused_adamw_(params, {grads[0]}, bufs, bufs, a, 1), Catch::Contains("2 params but 1 grads"));
+  REQUIRE_THROWS_WITH(fused_adamw_(params, {grads[1], grads[0]}, bufs, bufs, a, 1),
+                      Catch::Contains("grads[0] has sizes [7]"));
+  REQUIRE_THROWS_WITH(fused_adamw_({params[0].to(at::kDouble)}, {grads[0]}, {bufs[0]}, {bufs[0]}, a, 1),
+                      Catch::Contains("float32"));
+  REQUIRE_THROWS_WITH(fused_adamw_(params, grads, bufs, bufs, a, 0), Catch::Contains("step counts from 1"));
 }
 
 TEST_CASE("remote functions from a plugin library", "[tensor][remote]") {
