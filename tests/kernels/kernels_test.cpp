@@ -7,6 +7,7 @@
 #include <catch2/catch.hpp>
 
 #include <cstdio>
+#include <cmath>
 #include <cstdlib>
 #include <random>
 #include <vector>
@@ -66,4 +67,96 @@ TEST_CASE("axpy_f32 matches the CPU reference", "[kernels][gpu]") {
   cudaStreamDestroy(stream);
   cudaFree(dx);
   cudaFree(dy);
+}
+
+namespace {
+
+// Random float lists of the given sizes, on the host and on the GPU.
+struct Lists {
+  std::vector<std::vector<float>> host;
+  std::vector<float*> dev;
+  std::vector<int64_t> n;
+  Lists(const std::vector<int64_t>& sizes, std::mt19937& rng, bool positive = false) : n(sizes) {
+    std::normal_distribution<float> dist;
+    for (int64_t s : sizes) {
+      std::vector<float> v(static_cast<size_t>(s));
+      for (auto& x : v) x = positive ? std::abs(dist(rng)) : dist(rng);
+      float* d = nullptr;
+      cudaMalloc(&d, std::max<int64_t>(s, 1) * sizeof(float));
+      cudaMemcpy(d, v.data(), s * sizeof(float), cudaMemcpyHostToDevice);
+      host.push_back(std::move(v));
+      dev.push_back(d);
+    }
+  }
+  ~Lists() {
+    for (float* d : dev) cudaFree(d);
+  }
+  std::vector<float*> host_ptrs() {
+    std::vector<float*> p;
+    for (auto& v : host) p.push_back(v.data());
+    return p;
+  }
+  void require_equal_to_device(float rel) {
+    for (size_t k = 0; k < host.size(); ++k) {
+      std::vector<float> got(host[k].size());
+      cudaMemcpy(got.data(), dev[k], got.size() * sizeof(float), cudaMemcpyDeviceToHost);
+      for (size_t i = 0; i < got.size(); ++i) {
+        INFO("tensor " << k << " element " << i);
+        REQUIRE(got[i] == Approx(host[k][i]).epsilon(rel).margin(1e-6));
+      }
+    }
+  }
+};
+
+// More tensors than one launch takes, of sizes around the block size.
+const std::vector<int64_t> kSizes{1, 255, 256, 257, 0, 100003, 7, 4096, 3, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+                                  13, 14, 15, 16, 17, 70000, 31};
+
+}  // namespace
+
+TEST_CASE("adamw_f32 matches the CPU reference over many tensors", "[kernels][gpu][optim]") {
+  std::mt19937 rng(7);
+  Lists p(kSizes, rng), g(kSizes, rng), m(kSizes, rng), v(kSizes, rng, /*positive=*/true);
+  cudaStream_t stream;
+  CUDA_REQUIRE(cudaStreamCreate(&stream));
+  for (int64_t step = 1; step <= 3; ++step) {
+    const cox::kernels::AdamWStep s{1e-2f, 0.9f, 0.999f, 1e-8f, 0.01f, step};
+    std::vector<const float*> gd(g.dev.begin(), g.dev.end());
+    cox::kernels::TensorLists dev{static_cast<int>(kSizes.size()), p.dev.data(), gd.data(), m.dev.data(),
+                                  v.dev.data(), kSizes.data()};
+    CUDA_REQUIRE(static_cast<cudaError_t>(cox::kernels::adamw_f32_cuda(dev, s, stream)));
+    auto ph = p.host_ptrs(), mh = m.host_ptrs(), vh = v.host_ptrs(), gh = g.host_ptrs();
+    std::vector<const float*> gc(gh.begin(), gh.end());
+    cox::kernels::TensorLists host{static_cast<int>(kSizes.size()), ph.data(), gc.data(), mh.data(), vh.data(),
+                                   kSizes.data()};
+    cox::kernels::adamw_f32_cpu(host, s);
+  }
+  CUDA_REQUIRE(cudaStreamSynchronize(stream));
+  p.require_equal_to_device(1e-5f);
+  m.require_equal_to_device(1e-5f);
+  v.require_equal_to_device(1e-5f);
+  cudaStreamDestroy(stream);
+}
+
+TEST_CASE("sgd_momentum_f32 matches the CPU reference over many tensors", "[kernels][gpu][optim]") {
+  std::mt19937 rng(8);
+  Lists p(kSizes, rng), g(kSizes, rng), b(kSizes, rng);
+  cudaStream_t stream;
+  CUDA_REQUIRE(cudaStreamCreate(&stream));
+  for (int step = 0; step < 3; ++step) {
+    const cox::kernels::SgdStep s{0.05f, 0.9f, 0.0f, 1e-3f, /*nesterov=*/step == 2, /*first=*/step == 0};
+    std::vector<const float*> gd(g.dev.begin(), g.dev.end());
+    cox::kernels::TensorLists dev{static_cast<int>(kSizes.size()), p.dev.data(), gd.data(), b.dev.data(), nullptr,
+                                  kSizes.data()};
+    CUDA_REQUIRE(static_cast<cudaError_t>(cox::kernels::sgd_momentum_f32_cuda(dev, s, stream)));
+    auto ph = p.host_ptrs(), bh = b.host_ptrs(), gh = g.host_ptrs();
+    std::vector<const float*> gc(gh.begin(), gh.end());
+    cox::kernels::TensorLists host{static_cast<int>(kSizes.size()), ph.data(), gc.data(), bh.data(), nullptr,
+                                   kSizes.data()};
+    cox::kernels::sgd_momentum_f32_cpu(host, s);
+  }
+  CUDA_REQUIRE(cudaStreamSynchronize(stream));
+  p.require_equal_to_device(1e-5f);
+  b.require_equal_to_device(1e-5f);
+  cudaStreamDestroy(stream);
 }
