@@ -411,6 +411,27 @@ PYBIND11_MODULE(coxswain, m) {
   m.def("barrier", &barrier, py::arg("mesh"), py::arg("dims") = Dims{});
   m.def("send_recv", &send_recv, py::arg("tensor"), py::arg("mesh"), py::arg("sources"));
 
+  // Fused optimizer steps.
+  m.def(
+      "fused_adamw_",
+      [](const std::vector<Tensor>& params, const std::vector<Tensor>& grads, const std::vector<Tensor>& exp_avg,
+         const std::vector<Tensor>& exp_avg_sq, double lr, double beta1, double beta2, double eps,
+         double weight_decay, int64_t step) {
+        fused_adamw_(params, grads, exp_avg, exp_avg_sq, {lr, beta1, beta2, eps, weight_decay}, step);
+      },
+      py::arg("params"), py::arg("grads"), py::arg("exp_avg"), py::arg("exp_avg_sq"), py::kw_only(), py::arg("lr"),
+      py::arg("beta1") = 0.9, py::arg("beta2") = 0.999, py::arg("eps") = 1e-8, py::arg("weight_decay") = 0.01,
+      py::arg("step"));
+  m.def(
+      "fused_sgd_momentum_",
+      [](const std::vector<Tensor>& params, const std::vector<Tensor>& grads, const std::vector<Tensor>& buffers,
+         double lr, double momentum, double dampening, double weight_decay, bool nesterov, bool first) {
+        fused_sgd_momentum_(params, grads, buffers, {lr, momentum, dampening, weight_decay, nesterov}, first);
+      },
+      py::arg("params"), py::arg("grads"), py::arg("momentum_buffers"), py::kw_only(), py::arg("lr"),
+      py::arg("momentum") = 0.9, py::arg("dampening") = 0.0, py::arg("weight_decay") = 0.0,
+      py::arg("nesterov") = false, py::arg("first"));
+
   py::class_<NoGrad>(m, "no_grad")
       .def(py::init<DeviceMesh>(), py::arg("mesh"))
       .def("__enter__", [](NoGrad& g) { g.guard = std::make_unique<NoGradGuard>(g.mesh); })
