@@ -322,6 +322,16 @@ PYBIND11_MODULE(coxswain, m) {
            },
            py::arg("dims") = py::none(), py::arg("keepdim") = false)
       .def("argmax", &Tensor::argmax, py::arg("dim"), py::arg("keepdim") = false)
+      .def("max", [](const Tensor& t, std::optional<int64_t> dim, bool keepdim) -> py::object {
+             if (!dim) return py::cast(t.max());
+             auto [values, indices] = t.max(*dim, keepdim);
+             return py::make_tuple(values, indices);
+           },
+           py::arg("dim") = py::none(), py::arg("keepdim") = false)
+      .def("permute", &Tensor::permute, py::arg("dims"))
+      .def("select", &Tensor::select, py::arg("dim"), py::arg("index"))
+      .def("slice", &Tensor::slice, py::arg("dim"), py::arg("start"), py::arg("end"), py::arg("step") = 1)
+      .def("index_select", &Tensor::index_select, py::arg("dim"), py::arg("index"))
       .def("view", &Tensor::view)
       .def("reshape", &Tensor::reshape)
       .def("transpose", &Tensor::transpose)
@@ -388,6 +398,11 @@ PYBIND11_MODULE(coxswain, m) {
   m.def("linear", [](const Tensor& x, const Tensor& w, std::optional<Tensor> b) { return linear(x, w, b ? *b : Tensor()); },
         py::arg("x"), py::arg("weight"), py::arg("bias") = py::none());
   m.def("cross_entropy", &cross_entropy, py::arg("logits"), py::arg("target"));
+  m.def("nll_loss", &nll_loss, py::arg("log_probs"), py::arg("target"));
+  m.def("embedding", &embedding, py::arg("weight"), py::arg("indices"));
+  m.def("layer_norm", &layer_norm, py::arg("x"), py::arg("normalized_shape"), py::arg("weight"), py::arg("bias"),
+        py::arg("eps") = 1e-5);
+  m.def("dropout", &dropout, py::arg("x"), py::arg("p"), py::arg("train"));
   m.def("mse_loss", &mse_loss, py::arg("x"), py::arg("target"));
   m.def(
       "call_op",

@@ -41,6 +41,12 @@ def test_ops_match_local_torch(ctl):
     s = cx.call_op("aten::addmm", "", [cx.zeros(mesh, [4, 3]), ra, rb, 1, 2])[0]
     torch.testing.assert_close(s.fetch({"dp": 1, "tp": 1}), 2 * (a @ b))
     assert (ra.sum() - float(a.sum())).abs().item() < 1e-4
+    values, indices = ra.max(1)
+    torch.testing.assert_close(values.fetch([0, 0]), a.max(1).values)
+    assert indices.fetch([1, 0]).tolist() == a.max(1).indices.tolist()
+    assert ra.permute([1, 0]).shape == [5, 4]
+    picked = ra.index_select(0, cx.from_local(mesh, torch.tensor([3, 0])))
+    torch.testing.assert_close(picked.fetch({"dp": 0, "tp": 1}), a[[3, 0]])
 
 
 def test_autograd_and_no_grad(ctl):
