@@ -68,7 +68,7 @@ class Controller:
         """Starts `workers` local worker processes and waits for them."""
     @staticmethod
     def attach(
-        workers: int, host: str = "127.0.0.1", *, port: int, token: str, startup_timeout: float = 30.0
+        workers: int, port: int, token: str, host: str = "127.0.0.1", startup_timeout: float = 30.0
     ) -> Controller:
         """Listens on host:port and waits for `workers` workers started elsewhere with `token`."""
     @property

@@ -195,7 +195,7 @@ PYBIND11_MODULE(coxswain, m) {
           py::arg("collective_timeout") = 600.0)
       .def_static(
           "attach",
-          [](int workers, const std::string& host, uint16_t port, const std::string& token, double startup_timeout) {
+          [](int workers, uint16_t port, const std::string& token, const std::string& host, double startup_timeout) {
             ControllerOptions o;
             o.workers = workers;
             o.listen_host = host;
@@ -205,7 +205,7 @@ PYBIND11_MODULE(coxswain, m) {
             py::gil_scoped_release release;
             return Controller::attach(o);
           },
-          py::arg("workers"), py::arg("host") = "127.0.0.1", py::arg("port"), py::arg("token"),
+          py::arg("workers"), py::arg("port"), py::arg("token"), py::arg("host") = "127.0.0.1",
           py::arg("startup_timeout") = 30.0)
       .def_property_readonly("size", &Controller::size)
       .def("mesh", [](Controller& c, const py::object& dims) { return c.mesh(dims_of(dims)); }, py::arg("dims"))

@@ -118,3 +118,27 @@ def test_no_worker_outlives_the_interpreter(tmp_path):
             time.sleep(0.05)
         else:
             pytest.fail(f"worker {pid} outlived its interpreter")
+
+
+def test_attach_to_workers_started_elsewhere():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    worker = os.path.join(os.path.dirname(cx.__file__), "..", "src", "cox-worker")
+    token = "a-token-shared-with-the-workers-0123456789"
+    env = dict(os.environ, COX_TOKEN=token)
+    procs = [subprocess.Popen([worker, "--connect", f"127.0.0.1:{port}", "--rank", str(r)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for r in range(2)]
+    try:
+        with cx.Controller.attach(2, port, token) as ctl:
+            mesh = ctl.mesh({"x": 2})
+            total = cx.all_reduce(cx.coordinate(mesh, "x").to(torch.float32).view([1]) + 1.0)
+            assert [t.item() for t in total.fetch_all(timeout=30)] == [3.0, 3.0]
+        for p in procs:
+            assert p.wait(timeout=30) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
