@@ -74,11 +74,6 @@ double bus_factor(const std::string& op, int n) {
   return r;
 }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
 // ---------------------------------------------------------------------------
 // The baseline: one rank of a plain SPMD program on raw Gloo.
 
@@ -154,7 +149,7 @@ int run_baseline_rank(const Plan& plan, int rank, const std::string& dir) {
         barrier();
         rounds.push_back(seconds_since(t0) / k);
       }
-      if (rank == 0) cox::bench::SpmdGroup::report(median(rounds));
+      if (rank == 0) cox::bench::SpmdGroup::report(cox::bench::stats(rounds).median);
     }
   }
   return 0;
@@ -207,7 +202,7 @@ void run_both(const Plan& plan, const char* self, std::map<std::pair<std::string
         mesh.sync();
         rounds.push_back(seconds_since(t0) / k);
       }
-      times[{op, bytes}] = median(rounds);
+      times[{op, bytes}] = cox::bench::stats(rounds).median;
     }
   }
 }

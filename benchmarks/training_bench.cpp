@@ -50,11 +50,6 @@ TrainingConfig config(int64_t hidden) {
   return c;
 }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
 // ---------------------------------------------------------------------------
 // The hand-written SPMD rank: the same model and step in plain libtorch, the
 // gradients averaged with Gloo's allreduce on the same buckets.
@@ -180,7 +175,7 @@ int run_spmd_rank(const Plan& plan, int rank, const std::string& dir) {
       barrier();
       rounds.push_back(seconds_since(t0) / plan.steps);
     }
-    if (rank == 0) cox::bench::SpmdGroup::report(median(rounds));
+    if (rank == 0) cox::bench::SpmdGroup::report(cox::bench::stats(rounds).median);
   }
   return 0;
 }
@@ -263,7 +258,7 @@ int main(int argc, char** argv) {
       mesh.sync();
       rounds.push_back(seconds_since(t0) / plan.steps);
     }
-    const double t = median(rounds);
+    const double t = cox::bench::stats(rounds).median;
     int64_t params = 0;
     for (auto& p : trainer.params()) params += p.numel();
     std::printf("%8lld %10lld %14.2f %14.2f %12.2f\n", (long long)hidden, (long long)params, t * 1e3,
