@@ -5,11 +5,27 @@ find_package(Threads REQUIRED)
 
 # libtorch: Debian's libtorch-dev (CPU) or the one inside a pip-installed torch
 # (pass -DCMAKE_PREFIX_PATH=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')).
+# A CUDA libtorch's CMake config rewrites the CUDA flags (code for every
+# architecture it was built for, some of which a newer nvcc no longer
+# knows); our kernels keep their own.
+set(cox_saved_cuda_flags "${CMAKE_CUDA_FLAGS}")
+set(cox_saved_cuda_archs "${CMAKE_CUDA_ARCHITECTURES}")
 find_package(Torch QUIET)
+set(CMAKE_CUDA_FLAGS "${cox_saved_cuda_flags}")
+if(cox_saved_cuda_archs)
+  set(CMAKE_CUDA_ARCHITECTURES "${cox_saved_cuda_archs}")
+endif()
 if(NOT Torch_FOUND)
   message(FATAL_ERROR "libtorch not found: install Debian's libtorch-dev "
                       "(apt-get install libtorch-dev), or point CMAKE_PREFIX_PATH at a libtorch "
                       "(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)').")
+endif()
+
+# A CUDA libtorch (the pip one) lists its CUDA libraries here.
+if(TORCH_CUDA_LIBRARIES)
+  set(COX_TORCH_CUDA ON)
+else()
+  set(COX_TORCH_CUDA OFF)
 endif()
 
 find_package(fmt QUIET)
@@ -72,8 +88,12 @@ if(NOT COX_CUDA STREQUAL "OFF")
     enable_language(CUDA)
     find_package(CUDAToolkit REQUIRED)
     set(COX_HAVE_CUDA ON)
-    find_path(COX_NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS} /usr/local/cuda/include)
-    find_library(COX_NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR} /usr/local/cuda/lib64)
+    # With a pip torch, use the NCCL it loads (its nvidia-nccl package), so
+    # that one process holds one NCCL: pass -DCOX_NCCL_ROOT=<.../nvidia/nccl>.
+    set(COX_NCCL_ROOT "" CACHE PATH "An NCCL installation (include/, lib/) to use before the CUDA toolkit's")
+    find_path(COX_NCCL_INCLUDE_DIR nccl.h HINTS ${COX_NCCL_ROOT}/include ${CUDAToolkit_INCLUDE_DIRS} /usr/local/cuda/include)
+    find_library(COX_NCCL_LIBRARY NAMES nccl libnccl.so.2 NAMES_PER_DIR
+                 HINTS ${COX_NCCL_ROOT}/lib ${CUDAToolkit_LIBRARY_DIR} /usr/local/cuda/lib64)
     if(COX_NCCL_INCLUDE_DIR AND COX_NCCL_LIBRARY)
       add_library(cox_nccl INTERFACE)
       target_include_directories(cox_nccl SYSTEM INTERFACE "${COX_NCCL_INCLUDE_DIR}")

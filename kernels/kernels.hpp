@@ -42,6 +42,28 @@ struct SgdStep {
 int sgd_momentum_f32_cuda(const TensorLists& t, const SgdStep& s, void* stream);
 void sgd_momentum_f32_cpu(const TensorLists& t, const SgdStep& s);
 
+// Gradient buckets: many tensors (each contiguous) packed one after
+// another into one flat buffer, so that one all_reduce moves them all, and
+// unpacked again. Tensor i has bytes[i] bytes at data[i] and starts at byte
+// offset[i] of the flat buffer.
+struct Bucket {
+  int count = 0;
+  void* const* data = nullptr;
+  const int64_t* bytes = nullptr;
+  const int64_t* offset = nullptr;
+};
+// Element types the unpacking can scale.
+enum class ElementType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kOther = 3 };
+
+// flat[offset[i] ...] = data[i][...], for every i.
+int flatten_cuda(const Bucket& b, void* flat, void* stream);
+void flatten_cpu(const Bucket& b, void* flat);
+// data[i][...] = scale * flat[offset[i] ...] for every i, in `type`'s
+// arithmetic (computed in float32, rounded to nearest even); scale 1 is a
+// plain copy of any type (kOther needs scale 1).
+int unflatten_cuda(const Bucket& b, const void* flat, ElementType type, float scale, void* stream);
+void unflatten_cpu(const Bucket& b, const void* flat, ElementType type, float scale);
+
 // y[i] += alpha * x[i] for i in [0, n).
 int axpy_f32_cuda(int64_t n, float alpha, const float* x, float* y, void* stream);
 void axpy_f32_cpu(int64_t n, float alpha, const float* x, float* y);

@@ -52,8 +52,19 @@ struct AttachInfo {
 };
 
 struct ControllerOptions {
-  // Number of workers (ranks 0..workers-1).
-  int workers = 1;
+  // Number of workers (ranks 0..workers-1). 0: one per GPU used (see
+  // device and gpus), or 1 on the CPU; attach() needs a number.
+  int workers = 0;
+
+  // --- local spawn: where the workers run ---
+  // "auto": on GPUs where this libtorch has CUDA and a GPU is visible, else
+  // on the CPU. "cuda": on GPUs (an error where there are none). "cpu".
+  std::string device = "auto";
+  // The GPUs used, by index; empty: every visible one. Worker r gets
+  // gpus[r % gpus.size()]. Workers sharing a GPU get distinct NCCL host ids
+  // (NCCL_HOSTID, and NCCL_SOCKET_IFNAME=lo, unless set), so that NCCL lets
+  // them talk (over sockets: slow, but right).
+  std::vector<int> gpus;
 
   // --- local spawn ---
   // The cox-worker binary; empty finds it: $COX_WORKER, next to this
@@ -125,6 +136,9 @@ class COX_API Controller {
 
   // The process id of a locally spawned worker; -1 for an attached one.
   int64_t worker_pid(int rank) const;
+  // Where a worker's tensors live, as it reported when it joined: "cpu",
+  // "cuda:0", ...
+  std::string device(int rank) const;
   // Ranks that have been lost so far.
   std::vector<int> lost_workers() const;
   // Attach mode: where the controller listens.

@@ -4,6 +4,8 @@
 #include <nccl.h>
 
 #include <cstring>
+#include <memory>
+#include <vector>
 #include <string>
 #include <thread>
 
@@ -46,8 +48,8 @@ class NcclCommunicator final : public Communicator {
   NcclCommunicator(ncclComm_t comm, int device, cudaStream_t stream, int rank, int size, const CommOptions& o)
       : Communicator(rank, size), comm_(comm), device_(device), stream_(stream), timeout_(o.timeout) {
     check_cuda(cudaSetDevice(device_), "cudaSetDevice");
-    check_cuda(cudaMalloc(&scratch_, 64), "cudaMalloc");
-    check_cuda(cudaMallocHost(&host_, 64), "cudaMallocHost");
+    check_cuda(cudaMalloc(&scratch_, kStatusBytes * (kStatusSlots + 1)), "cudaMalloc");
+    check_cuda(cudaMallocHost(&host_, kStatusBytes * kStatusSlots), "cudaMallocHost");
   }
   ~NcclCommunicator() override {
     if (comm_) {
@@ -74,6 +76,10 @@ class NcclCommunicator final : public Communicator {
     if (broken_.empty()) broken_ = why;
   }
   cudaStream_t stream() const noexcept { return stream_; }
+  void check_async_error() {
+    if (!comm_) throw CommError(broken_.empty() ? std::string("nccl: the communicator was aborted") : broken_);
+    check_async("collective");
+  }
   std::chrono::milliseconds timeout() const noexcept { return timeout_; }
 
   void all_reduce(const void* in, void* out, size_t count, DataType t, ReduceOp op) override {
@@ -137,34 +143,56 @@ class NcclCommunicator final : public Communicator {
     return std::make_unique<NcclTransfer>(*this);
   }
 
+  // Status bytes gather into device scratch and come back to pinned host
+  // memory on the communicator's stream, in one of kStatusSlots slots, so
+  // that several collectives may be in flight before anyone reads their
+  // statuses. A slot still unread when its turn comes round again is read
+  // first (after waiting for the stream).
+  static constexpr int kStatusSlots = 64;
+  static constexpr int kStatusBytes = 64;  // per slot: mine, then one per rank
+  struct StatusSlot {
+    std::vector<uint8_t> bytes;
+    bool done = false;
+  };
   class NcclStatus final : public StatusExchange {
    public:
-    explicit NcclStatus(NcclCommunicator& c) : c_(c) {}
+    NcclStatus(NcclCommunicator& c, int slot, std::shared_ptr<StatusSlot> state)
+        : c_(c), slot_(slot), state_(std::move(state)) {}
     std::vector<uint8_t> finish() override {
-      c_.synchronize("status exchange");
-      const auto* h = static_cast<const uint8_t*>(c_.host_);
-      return std::vector<uint8_t>(h + 1, h + 1 + c_.size_);
+      if (!state_->done) c_.settle(slot_);
+      return state_->bytes;
     }
 
    private:
     NcclCommunicator& c_;
+    const int slot_;
+    std::shared_ptr<StatusSlot> state_;
   };
-  // The status bytes gather into device scratch and come back to pinned
-  // host memory on the communicator's stream.
   std::unique_ptr<StatusExchange> start_status_exchange(uint8_t mine) override {
-    if (size_ + 1 > 64) throw CommError("status exchange supports at most 63 ranks per NCCL group");
+    if (size_ + 1 > kStatusBytes) throw CommError("status exchange supports at most 63 ranks per NCCL group");
+    const int slot = next_slot_;
+    next_slot_ = (next_slot_ + 1) % kStatusSlots;
+    if (slots_[slot] && !slots_[slot]->done) settle(slot);
+    auto state = std::make_shared<StatusSlot>();
+    slots_[slot] = state;
     guarded("status exchange", [&] {
-      auto* h = static_cast<uint8_t*>(host_);
+      auto* h = static_cast<uint8_t*>(host_) + slot * kStatusBytes;
+      auto* d = static_cast<char*>(scratch_) + kStatusBytes + slot * kStatusBytes;
       h[0] = mine;
       check_cuda(cudaSetDevice(device_), "cudaSetDevice");
-      check_cuda(cudaMemcpyAsync(scratch_, host_, 1, cudaMemcpyHostToDevice, stream_), "cudaMemcpyAsync");
-      enqueue("status exchange",
-              [&] { return ncclAllGather(scratch_, static_cast<char*>(scratch_) + 1, 1, ncclUint8, comm_, stream_); });
-      check_cuda(cudaMemcpyAsync(h + 1, static_cast<char*>(scratch_) + 1, static_cast<size_t>(size_),
-                                 cudaMemcpyDeviceToHost, stream_),
+      check_cuda(cudaMemcpyAsync(d, h, 1, cudaMemcpyHostToDevice, stream_), "cudaMemcpyAsync");
+      enqueue("status exchange", [&] { return ncclAllGather(d, d + 1, 1, ncclUint8, comm_, stream_); });
+      check_cuda(cudaMemcpyAsync(h + 1, d + 1, static_cast<size_t>(size_), cudaMemcpyDeviceToHost, stream_),
                  "cudaMemcpyAsync");
     });
-    return std::make_unique<NcclStatus>(*this);
+    return std::make_unique<NcclStatus>(*this, slot, std::move(state));
+  }
+  // Reads slot `slot` once the stream has passed its copy back.
+  void settle(int slot) {
+    synchronize("status exchange");
+    const auto* h = static_cast<const uint8_t*>(host_) + slot * kStatusBytes;
+    slots_[slot]->bytes.assign(h + 1, h + 1 + size_);
+    slots_[slot]->done = true;
   }
 
   // Waits for the stream, polling NCCL for errors; aborts past the timeout.
@@ -238,8 +266,10 @@ class NcclCommunicator final : public Communicator {
   const int device_;
   cudaStream_t stream_;
   std::chrono::milliseconds timeout_;
-  void* scratch_ = nullptr;  // device: barrier word, status bytes
-  void* host_ = nullptr;     // pinned: status bytes
+  void* scratch_ = nullptr;  // device: barrier word, then the status slots
+  void* host_ = nullptr;     // pinned: the status slots
+  std::shared_ptr<StatusSlot> slots_[kStatusSlots];
+  int next_slot_ = 0;
 };
 
 ncclConfig_t make_config() {
@@ -318,6 +348,16 @@ std::unique_ptr<Communicator> split_nccl(Communicator& parent, int color, int ke
   ncclCommUserRank(comm, &rank);
   ncclCommCount(comm, &size);
   return std::make_unique<NcclCommunicator>(comm, p->device(), p->stream(), rank, size, options);
+}
+
+void check_nccl(Communicator& comm) {
+  auto* c = dynamic_cast<NcclCommunicator*>(&comm);
+  if (!c) return;
+  c->check_async_error();
+}
+
+void abort_nccl(Communicator& comm, const std::string& why) {
+  if (auto* c = dynamic_cast<NcclCommunicator*>(&comm)) c->abort(why);
 }
 
 void synchronize_nccl(Communicator& comm) {

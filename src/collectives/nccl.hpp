@@ -12,6 +12,7 @@
 #include <cuda_runtime_api.h>
 
 #include <memory>
+#include <string>
 
 namespace cox::collectives {
 
@@ -24,6 +25,15 @@ std::unique_ptr<Communicator> connect_nccl(int device, cudaStream_t stream, int 
 // `parent` must call this, in the same order; members with the same `color`
 // form a group, ranked by `key`; color < 0 joins no group (returns null).
 std::unique_ptr<Communicator> split_nccl(Communicator& parent, int color, int key, const CommOptions& options);
+
+// Throws CommError when NCCL has reported an asynchronous error on `comm`
+// (a peer gone) or it was aborted. May be called from another thread than
+// the one issuing collectives, as long as `comm` outlives the call and is
+// not aborted meanwhile.
+void check_nccl(Communicator& comm);
+
+// Aborts `comm` (its pending collectives end; later calls throw).
+void abort_nccl(Communicator& comm, const std::string& why);
 
 // Waits until everything enqueued on the communicator's stream is done,
 // failing (and aborting the communicator) past the timeout or on an NCCL

@@ -5,6 +5,9 @@
 #include "controller/launcher.hpp"
 #include "transport/auth.hpp"
 
+#include <ATen/Context.h>
+#include <ATen/detail/CUDAHooksInterface.h>
+
 #include <asio/connect.hpp>
 #include <asio/ip/tcp.hpp>
 #include <asio/local/stream_protocol.hpp>
@@ -102,6 +105,7 @@ void Controller::shutdown() {
   if (impl_) impl_->shutdown();
 }
 int64_t Controller::worker_pid(int rank) const { return impl_->worker_pid(rank); }
+std::string Controller::device(int rank) const { return impl_->device(rank); }
 std::vector<int> Controller::lost_workers() const { return impl_->lost_workers(); }
 AttachInfo Controller::attach_info() const { return impl_->attach_info(); }
 
@@ -110,6 +114,8 @@ AttachInfo Controller::attach_info() const { return impl_->attach_info(); }
 
 Controller::Impl::Impl(ControllerOptions options, Mode mode)
     : opts_(std::move(options)), mode_(mode), heartbeat_timer_(io_) {
+  std::vector<std::string> devices;
+  if (mode_ == Mode::kLocal) devices = plan_devices();
   COX_CHECK_ARG(opts_.workers > 0, "ControllerOptions::workers must be positive, got {}", opts_.workers);
   COX_CHECK_ARG(opts_.startup_timeout.count() > 0, "startup_timeout must be positive, got {} ms",
                 opts_.startup_timeout.count());
@@ -122,8 +128,45 @@ Controller::Impl::Impl(ControllerOptions options, Mode mode)
                 "max_frame_bytes must be in [4096, 2^32-1], got {}", opts_.max_frame_bytes);
   if (!opts_.output_sink) opts_.output_sink = default_output_sink();
   token_ = opts_.token.empty() ? transport::generate_token() : opts_.token;
-  for (int r = 0; r < opts_.workers; ++r) workers_.push_back(std::make_unique<Worker>(*this, r, io_));
+  for (int r = 0; r < opts_.workers; ++r) {
+    workers_.push_back(std::make_unique<Worker>(*this, r, io_));
+    if (!devices.empty()) workers_.back()->spawn_device = devices[static_cast<size_t>(r)];
+  }
   wire::encode_frame(wire::Heartbeat{}, heartbeat_frame_);
+}
+
+// Local workers: the device of each (and their number, when not given).
+std::vector<std::string> Controller::Impl::plan_devices() {
+  const std::string& d = opts_.device;
+  COX_CHECK_ARG(d == "auto" || d == "cuda" || d == "cpu", "ControllerOptions::device must be auto, cuda or cpu, got '{}'",
+                d);
+  COX_CHECK_ARG(opts_.workers >= 0, "ControllerOptions::workers must be positive (or 0: one per GPU), got {}",
+                opts_.workers);
+  const int visible = at::detail::getCUDAHooks().getNumGPUs();
+  COX_CHECK_ARG(d != "cuda" || visible > 0,
+                "ControllerOptions::device is 'cuda' but no GPU is visible{}",
+                at::hasCUDA() ? "" : " (this libtorch has no CUDA)");
+  COX_CHECK_ARG(d == "cuda" || opts_.gpus.empty() || visible > 0,
+                "ControllerOptions::gpus names GPUs, but none is visible{}", at::hasCUDA() ? "" : " (this libtorch has no CUDA)");
+  const bool gpu = d == "cuda" || (d == "auto" && visible > 0);
+  std::vector<std::string> out;
+  if (!gpu) {
+    if (opts_.workers == 0) opts_.workers = 1;
+    out.assign(static_cast<size_t>(opts_.workers), "cpu");
+    return out;
+  }
+  std::vector<int> gpus = opts_.gpus;
+  if (gpus.empty()) {
+    for (int i = 0; i < visible; ++i) gpus.push_back(i);
+  }
+  for (size_t i = 0; i < gpus.size(); ++i) {
+    COX_CHECK_ARG(gpus[i] >= 0 && gpus[i] < visible, "ControllerOptions::gpus[{}] = {}: only GPUs 0..{} are visible", i,
+                  gpus[i], visible - 1);
+  }
+  if (opts_.workers == 0) opts_.workers = static_cast<int>(gpus.size());
+  for (int r = 0; r < opts_.workers; ++r) out.push_back(fmt::format("cuda:{}", gpus[static_cast<size_t>(r) % gpus.size()]));
+  shared_gpus_ = opts_.workers > static_cast<int>(gpus.size());
+  return out;
 }
 
 Controller::Impl::~Impl() {
@@ -220,8 +263,8 @@ void Controller::Impl::listen() {
     ::getsockname(acceptor_->native_handle(), reinterpret_cast<sockaddr*>(&ss), &sl);
     port_ = ntohs(ss.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port
                                            : reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
-    const bool v6 = tcp_ep.address().is_v6();
-    endpoint_ = fmt::format(v6 ? "[{}]:{}" : "{}:{}", tcp_ep.address().to_string(), port_);
+    const std::string host = tcp_ep.address().to_string();
+    endpoint_ = tcp_ep.address().is_v6() ? fmt::format("[{}]:{}", host, port_) : fmt::format("{}:{}", host, port_);
   }
   ::fcntl(acceptor_->native_handle(), F_SETFD, FD_CLOEXEC);
   acceptor_->listen(std::max(opts_.workers, 16));
@@ -313,10 +356,23 @@ void Controller::Impl::spawn_all() {
     const bool chosen = std::getenv("OMP_NUM_THREADS") ||
                         std::any_of(env.begin(), env.end(), [](const auto& kv) { return kv.first == "OMP_NUM_THREADS"; });
     if (!chosen) env.emplace_back("OMP_NUM_THREADS", threads);
+    auto set = [&](const char* name) {
+      return std::getenv(name) || std::any_of(env.begin(), env.end(), [&](const auto& kv) { return kv.first == name; });
+    };
+    if (shared_gpus_) {
+      // NCCL refuses two ranks of one host on one GPU; distinct host ids make
+      // them look like separate hosts, which talk over loopback sockets.
+      if (!set("NCCL_HOSTID")) env.emplace_back("NCCL_HOSTID", fmt::format("cox-{}-rank{}", ::getpid(), w->rank));
+      if (!set("NCCL_SOCKET_IFNAME")) env.emplace_back("NCCL_SOCKET_IFNAME", "lo");
+    }
     env.emplace_back(transport::kTokenEnv, token_);
     env.emplace_back("COX_PARENT_PID", std::to_string(::getpid()));
-    controller::Spawned s = controller::spawn_process(
-        path, {"--connect", endpoint_, "--rank", std::to_string(w->rank)}, env);
+    std::vector<std::string> args{"--connect", endpoint_, "--rank", std::to_string(w->rank)};
+    if (!w->spawn_device.empty()) {
+      args.push_back("--device");
+      args.push_back(w->spawn_device);
+    }
+    controller::Spawned s = controller::spawn_process(path, args, env);
     w->pid = s.pid;
     w->stdout_pipe.assign(s.stdout_fd);
     w->stderr_pipe.assign(s.stderr_fd);
@@ -526,6 +582,10 @@ void Controller::Impl::finish_handshake(const std::shared_ptr<Handshake>& hs, co
     taken = w.connected || w.lost || shutting_down_;
   }
   if (taken) return reject(hs, fmt::format("rank {} is already connected", reply.rank), true);
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    w.device = reply.device;
+  }
 
   hs->done = true;
   hs->timer.cancel();
@@ -920,6 +980,12 @@ std::chrono::nanoseconds Controller::Impl::ping(int rank, std::optional<millisec
 }
 
 int64_t Controller::Impl::worker_pid(int rank) const { return worker(rank).pid; }
+
+std::string Controller::Impl::device(int rank) const {
+  const Worker& w = worker(rank);
+  std::lock_guard<std::mutex> lk(mu_);
+  return w.device;
+}
 
 std::vector<int> Controller::Impl::lost_workers() const {
   std::lock_guard<std::mutex> lk(mu_);

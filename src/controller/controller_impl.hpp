@@ -107,6 +107,7 @@ class Controller::Impl {
   void await_loss(const std::vector<int>& ranks, std::chrono::milliseconds limit);
 
   int64_t worker_pid(int rank) const;
+  std::string device(int rank) const;
   std::vector<int> lost_workers() const;
   AttachInfo attach_info() const;
   // Connections refused during the handshake, and why (newest last).
@@ -138,6 +139,7 @@ class Controller::Impl {
   void finish_handshake(const std::shared_ptr<Handshake>& hs, const wire::HelloReply& reply);
   void reject(const std::shared_ptr<Handshake>& hs, const std::string& reason, bool tell_peer);
   void spawn_all();
+  std::vector<std::string> plan_devices();
   void watch_child(Worker& w);
   void on_child_exit(Worker& w);
   void read_output(Worker& w, bool err);
@@ -163,6 +165,7 @@ class Controller::Impl {
 
   ControllerOptions opts_;
   Mode mode_;
+  bool shared_gpus_ = false;  // more local workers than GPUs
   std::string token_;
   std::string socket_dir_;  // local mode: private directory holding the socket
   std::string endpoint_;    // "unix:/path" or "host:port"
@@ -213,6 +216,7 @@ struct Controller::Impl::Worker final : transport::Channel::Handler {
 
   // Local workers (I/O thread).
   pid_t pid = -1;
+  std::string spawn_device;  // the --device it was given
   asio::posix::stream_descriptor stdout_pipe, stderr_pipe, pidfd;
   asio::steady_timer exit_timer;   // polls for exit where pidfds are missing
   asio::steady_timer grace_timer;  // connection closed: time for the exit status to arrive
@@ -221,6 +225,7 @@ struct Controller::Impl::Worker final : transport::Channel::Handler {
   bool pipes_open[2] = {false, false};
 
   // Under mu_.
+  std::string device;  // reported at the handshake
   bool connected = false;
   bool exited = false;
   int exit_status = 0;

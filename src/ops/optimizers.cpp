@@ -6,29 +6,14 @@
 
 #include "common/check.hpp"
 #include "kernels.hpp"
+#include "ops/ops_impl.hpp"
 #include "ops/registry.hpp"
 
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 namespace cox {
-namespace {
-
-struct Lists {
-  std::vector<float*> params, state1, state2;
-  std::vector<const float*> grads;
-  std::vector<int64_t> n;
-  kernels::TensorLists view() const {
-    kernels::TensorLists t;
-    t.count = static_cast<int>(params.size());
-    t.params = params.data();
-    t.grads = grads.data();
-    t.state1 = state1.empty() ? nullptr : state1.data();
-    t.state2 = state2.empty() ? nullptr : state2.data();
-    t.n = n.data();
-    return t;
-  }
-};
+namespace ops_detail {
 
 // The checks both the controller (on meta tensors) and the workers make.
 void check_lists(const char* op, at::TensorList params, at::TensorList grads,
@@ -50,11 +35,16 @@ void check_lists(const char* op, at::TensorList params, at::TensorList grads,
   }
 }
 
-Lists cpu_lists(const char* op, at::TensorList params, at::TensorList grads, at::TensorList s1, at::TensorList s2) {
+Lists lists(const char* op, c10::DeviceType device, at::TensorList params, at::TensorList grads, at::TensorList s1,
+            at::TensorList s2) {
   Lists l;
   auto ptr = [&](const at::Tensor& t, const char* what, size_t i) {
-    TORCH_CHECK(t.device().is_cpu() && t.is_contiguous(), op, ": ", what, "[", i,
-                "] must be a contiguous CPU tensor here");
+    TORCH_CHECK(t.device().type() == device && t.is_contiguous(), op, ": ", what, "[", i, "] must be a contiguous ",
+                c10::DeviceTypeName(device, /*lower_case=*/true), " tensor here, got ", t.device(),
+                t.is_contiguous() ? "" : " (not contiguous)");
+    if (device == params[0].device().type() && t.device() != params[0].device()) {
+      TORCH_CHECK(false, op, ": ", what, "[", i, "] is on ", t.device(), " but params[0] on ", params[0].device());
+    }
     return t.data_ptr<float>();
   };
   for (size_t i = 0; i < params.size(); ++i) {
@@ -76,7 +66,7 @@ void adamw_meta(at::TensorList params, at::TensorList grads, at::TensorList exp_
 void adamw_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avg, at::TensorList exp_avg_sq,
                double lr, double beta1, double beta2, double eps, double weight_decay, int64_t step) {
   adamw_meta(params, grads, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay, step);
-  const Lists l = cpu_lists("cox::adamw_", params, grads, exp_avg, exp_avg_sq);
+  const Lists l = lists("cox::adamw_", c10::DeviceType::CPU, params, grads, exp_avg, exp_avg_sq);
   kernels::adamw_f32_cpu(l.view(), {static_cast<float>(lr), static_cast<float>(beta1), static_cast<float>(beta2),
                                     static_cast<float>(eps), static_cast<float>(weight_decay), step});
 }
@@ -89,13 +79,15 @@ void sgd_meta(at::TensorList params, at::TensorList grads, at::TensorList buffer
 void sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList buffers, double lr, double momentum,
              double dampening, double weight_decay, bool nesterov, bool first) {
   sgd_meta(params, grads, buffers, lr, momentum, dampening, weight_decay, nesterov, first);
-  const Lists l = cpu_lists("cox::sgd_momentum_", params, grads, buffers, {});
+  const Lists l = lists("cox::sgd_momentum_", c10::DeviceType::CPU, params, grads, buffers, {});
   kernels::sgd_momentum_f32_cpu(l.view(), {static_cast<float>(lr), static_cast<float>(momentum),
                                            static_cast<float>(dampening), static_cast<float>(weight_decay),
                                            nesterov, first});
 }
 
-}  // namespace
+}  // namespace ops_detail
+
+using namespace ops_detail;
 
 TORCH_LIBRARY(cox, m) {
   m.def("adamw_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avg, Tensor(c!)[] exp_avg_sq, float lr, "
@@ -119,9 +111,14 @@ TORCH_LIBRARY_IMPL(cox, Autograd, m) {
 }
 
 namespace ops_detail {
-// Called by the tensor engine and the worker, so that the linker keeps this
-// file (and its registrations) in every program.
-void ensure_registered() {}
+// Called by the tensor engine and the worker, so that the linker keeps
+// these files (and their registrations) in every program.
+void ensure_registered() {
+  buckets_registered();
+#ifdef COX_CUDA_OPS
+  cuda_ops_registered();
+#endif
+}
 }  // namespace ops_detail
 
 void fused_adamw_(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,

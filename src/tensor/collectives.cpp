@@ -68,6 +68,74 @@ uint64_t Engine::comm_for(const std::vector<int>& ranks) {
   return id;
 }
 
+// On GPU workers, new groups are split (ncclCommSplit) from one communicator
+// over all workers, made once: no rendezvous per group. Every worker takes
+// part in a split, so it is used only while no worker is lost.
+bool Engine::split_from_world() {
+  Controller::Impl& c = impl();
+  if (c.size() < 2 || !c.lost_workers().empty()) return false;
+  for (int r = 0; r < c.size(); ++r) {
+    if (c.device(r).rfind("cuda", 0) != 0) return false;
+  }
+  return true;
+}
+
+std::vector<uint64_t> Engine::comms_for(const std::vector<std::vector<int>>& groups) {
+  std::vector<uint64_t> ids(groups.size(), 0);
+  std::vector<size_t> missing;
+  for (size_t i = 0; i < groups.size(); ++i) {
+    if (groups[i].size() < 2) continue;
+    if (auto it = comms_.find(groups[i]); it != comms_.end()) {
+      ids[i] = it->second;
+    } else {
+      missing.push_back(i);
+    }
+  }
+  if (missing.empty()) return ids;
+  if (!split_from_world()) {
+    for (size_t i : missing) ids[i] = comm_for(groups[i]);
+    return ids;
+  }
+  Controller::Impl& c = impl();
+  std::vector<int> world(static_cast<size_t>(c.size()));
+  for (int r = 0; r < c.size(); ++r) world[static_cast<size_t>(r)] = r;
+  const uint64_t parent = comm_for(world);
+  // One split makes every missing group that shares no worker with another.
+  while (!missing.empty()) {
+    std::vector<wire::CommInit> inits(world.size());
+    std::vector<size_t> later;
+    for (size_t i : missing) {
+      if (groups[i] == world) {
+        ids[i] = parent;
+        continue;
+      }
+      const bool free = std::all_of(groups[i].begin(), groups[i].end(),
+                                    [&](int r) { return inits[static_cast<size_t>(r)].comm == 0; });
+      if (!free) {
+        later.push_back(i);
+        continue;
+      }
+      ids[i] = next_comm_++;
+      for (int r : groups[i]) {
+        inits[static_cast<size_t>(r)].comm = ids[i];
+        inits[static_cast<size_t>(r)].ranks.assign(groups[i].begin(), groups[i].end());
+      }
+      comms_.emplace(groups[i], ids[i]);
+    }
+    if (std::any_of(inits.begin(), inits.end(), [](const wire::CommInit& m) { return m.comm != 0; })) {
+      const uint32_t timeout_ms = static_cast<uint32_t>(
+          std::min<int64_t>(c.options().collective_timeout.count(), std::numeric_limits<uint32_t>::max()));
+      for (size_t r = 0; r < world.size(); ++r) {
+        inits[r].parent = parent;
+        inits[r].timeout_ms = timeout_ms;
+        post_all({static_cast<int>(r)}, wire::encode_frame(inits[r]));
+      }
+    }
+    missing = std::move(later);
+  }
+  return ids;
+}
+
 const Engine::Groups& Engine::groups(const DeviceMesh& mesh, const std::vector<std::string>& dims) {
   const Shape& shape = mesh.shape();
   std::string key = shape.to_string(true);
@@ -82,10 +150,9 @@ const Engine::Groups& Engine::groups(const DeviceMesh& mesh, const std::vector<s
   }
   Groups g;
   for (const auto& members : shape.groups(dims.empty() ? shape.names() : dims)) {
-    std::vector<int> ranks(members.begin(), members.end());
-    g.comms.push_back(ranks.size() > 1 ? comm_for(ranks) : 0);
-    g.members.push_back(std::move(ranks));
+    g.members.emplace_back(members.begin(), members.end());
   }
+  g.comms = comms_for(g.members);
   return groups_.emplace(std::move(key), std::move(g)).first->second;
 }
 
@@ -167,7 +234,7 @@ Tensor Engine::transfer(const Tensor& t, const DeviceMesh& dst, const std::vecto
     r.out = out->id;
     if (from == to) continue;  // recv_comm 0: the worker keeps its own shard
     const std::vector<int> pair{std::min(from, to), std::max(from, to)};
-    const uint64_t comm = comm_for(pair);
+    const uint64_t comm = comms_for({pair})[0];
     s.sends.push_back({comm, to == pair[0] ? 0 : 1});
     r.recv_comm = comm;
     r.recv_peer = from == pair[0] ? 0 : 1;

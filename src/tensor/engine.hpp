@@ -112,6 +112,10 @@ class Engine : public std::enable_shared_from_this<Engine> {
     std::vector<uint64_t> comms;
   };
   const Groups& groups(const DeviceMesh& mesh, const std::vector<std::string>& dims);
+  // The communicators of these groups (0 for a group of one), made where
+  // missing: split from the world's on GPUs, else each through a rendezvous.
+  std::vector<uint64_t> comms_for(const std::vector<std::vector<int>>& groups);
+  bool split_from_world();
 
   uint64_t new_tensor_id() { return next_tensor_id_++; }
   Controller::Impl& impl();

@@ -95,6 +95,7 @@ void HelloReply::encode(Writer& w) const {
   w.put(rank);
   put_array(w, nonce);
   put_array(w, mac);
+  w.put_string(device);
 }
 HelloReply HelloReply::decode(Reader& r) {
   HelloReply h;
@@ -103,6 +104,7 @@ HelloReply HelloReply::decode(Reader& r) {
   h.rank = r.get<int32_t>("hello_reply.rank");
   get_array(r, h.nonce, "hello_reply.nonce");
   get_array(r, h.mac, "hello_reply.mac");
+  h.device = r.get_string("hello_reply.device");
   return h;
 }
 
@@ -337,12 +339,14 @@ void CommInit::encode(Writer& w) const {
   w.put(comm);
   w.put(timeout_ms);
   put_vector(w, ranks);
+  w.put(parent);
 }
 CommInit CommInit::decode(Reader& r) {
   CommInit m;
   m.comm = r.get<uint64_t>("comm_init.comm");
   m.timeout_ms = r.get<uint32_t>("comm_init.timeout_ms");
   m.ranks = get_vector<int32_t>(r, "comm_init.ranks");
+  m.parent = r.get<uint64_t>("comm_init.parent");
   return m;
 }
 

@@ -18,7 +18,7 @@
 namespace cox::wire {
 
 constexpr uint32_t kMagic = 0x53584f43;  // "COXS"
-constexpr uint16_t kProtocolVersion = 1;
+constexpr uint16_t kProtocolVersion = 2;
 constexpr size_t kFrameHeaderBytes = 4;
 // Frames before authentication are tiny; a peer that announces more is refused.
 constexpr size_t kMaxHandshakeFrame = 1024;
@@ -187,6 +187,7 @@ struct HelloReply {
   int32_t rank = -1;
   Nonce nonce{};  // the worker's challenge to the controller
   Mac mac{};      // HMAC(token, "worker" | controller nonce | rank)
+  std::string device;  // where this worker's tensors live: "cpu", "cuda:0"
   void encode(Writer& w) const;
   static HelloReply decode(Reader& r);
 };
@@ -412,6 +413,11 @@ struct CommInit {
   uint64_t comm = 0;
   uint32_t timeout_ms = 0;
   std::vector<int32_t> ranks;  // members, in group order
+  // 0: a new communicator, set up through a rendezvous. Otherwise the
+  // communicator this one splits from: every member of the parent receives
+  // a CommInit with this parent at the same point of its stream, those in
+  // none of the new groups with comm 0 and no ranks.
+  uint64_t parent = 0;
   void encode(Writer& w) const;
   static CommInit decode(Reader& r);
 };

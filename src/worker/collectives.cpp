@@ -8,6 +8,9 @@
 #ifdef COX_HAVE_GLOO
 #include "collectives/gloo.hpp"
 #endif
+#ifdef COX_HAVE_NCCL
+#include "collectives/nccl.hpp"
+#endif
 
 #include <ATen/ATen.h>
 
@@ -51,6 +54,40 @@ std::string shape_string(c10::IntArrayRef sizes) { return fmt::format("[{}]", fm
 }  // namespace
 
 void Tensors::comm_init(const wire::CommInit& m) {
+  collectives::CommOptions options;
+  options.timeout = std::chrono::milliseconds(m.timeout_ms);
+  comm_timeout_ = options.timeout;
+  if (m.parent != 0) {
+    // A split: every member of the parent takes part, members of no new
+    // group too (they get no communicator).
+    auto parent = comms_.find(m.parent);
+    if (parent == comms_.end()) throw ProtocolError(fmt::format("comm_init {}: split from communicator {}, which was never set up", m.comm, m.parent));
+    const auto me = std::find(m.ranks.begin(), m.ranks.end(), rank_);
+    if (m.comm != 0 && me == m.ranks.end()) {
+      throw ProtocolError(fmt::format("comm_init {}: rank {} is not among its members", m.comm, rank_));
+    }
+    Comm* c = m.comm ? &comms_[m.comm] : nullptr;
+    if (c) c->ranks = m.ranks;
+    try {
+      if (!parent->second.comm) throw CommError(parent->second.error);
+#ifdef COX_HAVE_NCCL
+      std::lock_guard<std::mutex> lk(watch_->mu);
+      // Groups split in one call have distinct colors: their ids.
+      auto made = collectives::split_nccl(*parent->second.comm, c ? static_cast<int>(m.comm & 0x3fffffff) : -1,
+                                          c ? static_cast<int>(me - m.ranks.begin()) : 0, options);
+      if (c) c->comm = std::move(made);
+#else
+      throw CommError("this build has no NCCL");
+#endif
+    } catch (const std::exception& e) {
+      if (c) {
+        c->comm.reset();
+        c->error = e.what();
+      }
+    }
+    if (c && c->comm) watch(c->comm.get(), c->ranks);
+    return;
+  }
   Comm& c = comms_[m.comm];
   c.ranks = m.ranks;
   const auto me = std::find(m.ranks.begin(), m.ranks.end(), rank_);
@@ -58,8 +95,6 @@ void Tensors::comm_init(const wire::CommInit& m) {
     throw ProtocolError(fmt::format("comm_init {}: rank {} is not among its members", m.comm, rank_));
   }
   const int index = static_cast<int>(me - m.ranks.begin());
-  collectives::CommOptions options;
-  options.timeout = std::chrono::milliseconds(m.timeout_ms);
   auto exchange = [&](const std::string& blob) { return hooks_.rendezvous(m.comm, blob); };
   try {
     if (device_.is_cpu()) {
@@ -70,6 +105,15 @@ void Tensors::comm_init(const wire::CommInit& m) {
       // Still take part in the rendezvous, so that it completes for the rest.
       exchange("");
       throw CommError("this build has no Gloo, so CPU workers cannot run collectives (configure with COX_GLOO=ON)");
+#endif
+    } else if (device_.is_cuda() && gpu_) {
+#ifdef COX_HAVE_NCCL
+      c.comm = collectives::connect_nccl(device_.index(), static_cast<cudaStream_t>(gpu_->comm_stream()), index,
+                                         static_cast<int>(m.ranks.size()), options, exchange);
+      watch(c.comm.get(), c.ranks);
+#else
+      exchange("");
+      throw CommError("this build has no NCCL, so CUDA workers cannot run collectives");
 #endif
     } else {
       exchange("");
@@ -115,7 +159,7 @@ std::optional<std::string> Tensors::collective(const wire::Collective& m) {
   std::shared_ptr<const Failure> upstream;
   at::Tensor in;
   if (m.in) {
-    const Slot& s = slot(m.in);
+    const Slot& s = use(m.in);
     if (s.failure) {
       upstream = s.failure;
     } else if (s.tensor.sizes() != c10::IntArrayRef(m.sizes) || s.tensor.scalar_type() != dtype) {
@@ -137,8 +181,9 @@ std::optional<std::string> Tensors::collective(const wire::Collective& m) {
   const auto reduce = static_cast<ReduceOp>(m.reduce);
 
   at::Tensor result;
-  try {
-    auto status = comm.start_status_exchange(upstream ? 1 : 0);
+  std::unique_ptr<collectives::Communicator::StatusExchange> status;
+  auto run = [&] {
+    status = comm.start_status_exchange(upstream ? 1 : 0);
     switch (m.kind) {
       case CollectiveKind::kAllReduce: {
         if (m.out) {
@@ -208,6 +253,33 @@ std::optional<std::string> Tensors::collective(const wire::Collective& m) {
         comm.barrier();
         break;
     }
+  };
+  try {
+    if (gpu_) {
+      // On the communication stream, after the compute work issued so far;
+      // the output is used (and the statuses read) when something needs it.
+      std::lock_guard<std::mutex> lk(watch_->mu);
+      gpu_->comm_after_compute();
+      gpu_->comm_uses(in);
+      auto done = gpu_->on_comm(run);
+      if (m.kind != CollectiveKind::kBarrier) {
+        const uint64_t id = m.out ? m.out : m.in;
+        if (upstream) return fail_output(upstream);
+        auto flight = std::make_shared<InFlight>();
+        flight->done = std::move(done);
+        flight->status = std::move(status);
+        flight->ranks = c.ranks;
+        flight->op = name;
+        if (m.out) {
+          table_[id] = Slot{std::move(result), nullptr, std::move(flight)};
+        } else {
+          table_[id].in_flight = std::move(flight);
+        }
+        return std::nullopt;
+      }
+    } else {
+      run();
+    }
     const std::vector<uint8_t> statuses = status->finish();
     if (upstream) return fail_output(upstream);
     for (size_t i = 0; i < statuses.size(); ++i) {
@@ -228,14 +300,127 @@ std::optional<std::string> Tensors::collective(const wire::Collective& m) {
   return std::nullopt;
 }
 
+namespace {
+
+// A transfer's status on a GPU: the byte received beside the data, read
+// once the compute stream has waited for the receive.
+class ReceivedStatus final : public collectives::Communicator::StatusExchange {
+ public:
+  explicit ReceivedStatus(at::Tensor byte) : byte_(std::move(byte)) {}
+  std::vector<uint8_t> finish() override { return {byte_.cpu().item<uint8_t>()}; }
+
+ private:
+  at::Tensor byte_;
+};
+
+}  // namespace
+
+// On GPUs: the sizes are known on both sides, so each send is a status byte
+// and the data (zeros when the source is an error value), all sends and the
+// receive in one NCCL group, on the communication stream.
+std::optional<std::string> Tensors::transfer_gpu(const wire::Transfer& m) {
+  const auto dtype = static_cast<at::ScalarType>(m.dtype);
+  const auto options = at::TensorOptions().dtype(dtype).device(device_);
+  auto comm_of = [&](uint64_t id) -> Comm& {
+    auto it = comms_.find(id);
+    if (it == comms_.end()) throw ProtocolError(fmt::format("transfer on communicator {}, which was never set up", id));
+    return it->second;
+  };
+  std::shared_ptr<const Failure> upstream;
+  at::Tensor src;
+  if (m.src) {
+    const Slot& s = use(m.src);
+    upstream = s.failure;
+    src = s.tensor;
+  }
+  if (m.out && m.recv_comm == 0) {
+    if (!m.src) throw ProtocolError("transfer: a local receive without a source");
+    if (upstream) {
+      fail(m.out, upstream);
+    } else {
+      store(m.out, src.contiguous());
+    }
+  }
+  const bool receive = m.out && m.recv_comm != 0;
+  Comm* rc = receive ? &comm_of(m.recv_comm) : nullptr;
+  const int32_t peer_rank = receive ? rc->ranks.at(static_cast<size_t>(m.recv_peer)) : -1;
+  if (m.sends.empty() && !receive) return std::nullopt;
+
+  std::lock_guard<std::mutex> lk(watch_->mu);
+  std::string send_error, recv_error;
+  at::Tensor out, status_in;
+  std::shared_ptr<const Gpu::Event> done;
+  try {
+    gpu_->comm_after_compute();
+    gpu_->comm_uses(src);
+    done = gpu_->on_comm([&] {
+      at::Tensor data, status_out;
+      if (!m.sends.empty()) {
+        data = upstream ? at::zeros(m.sizes, options) : src.contiguous();
+        status_out = at::full({1}, upstream ? 1 : 0, options.dtype(at::kByte));
+      }
+      if (receive) {
+        out = at::empty(m.sizes, options);
+        status_in = at::empty({1}, options.dtype(at::kByte));
+      }
+      collectives::Communicator* first = nullptr;
+      for (const auto& snd : m.sends) {
+        Comm& c = comm_of(snd.comm);
+        if (c.comm && !first) first = c.comm.get();
+      }
+      if (!first && rc && rc->comm) first = rc->comm.get();
+      if (!first) return;
+      first->begin_group();  // NCCL groups span communicators
+      for (const auto& snd : m.sends) {
+        Comm& c = comm_of(snd.comm);
+        try {
+          if (!c.comm) throw CommError(c.error);
+          c.comm->start_send(status_out.data_ptr(), 1, snd.peer, m.tag * 2);
+          if (data.nbytes()) c.comm->start_send(data.data_ptr(), data.nbytes(), snd.peer, m.tag * 2 + 1);
+        } catch (const std::exception& e) {
+          send_error = e.what();
+        }
+      }
+      if (receive) {
+        try {
+          if (!rc->comm) throw CommError(rc->error);
+          rc->comm->start_recv(status_in.data_ptr(), 1, m.recv_peer, m.tag * 2);
+          if (out.nbytes()) rc->comm->start_recv(out.data_ptr(), out.nbytes(), m.recv_peer, m.tag * 2 + 1);
+        } catch (const std::exception& e) {
+          recv_error = e.what();
+        }
+      }
+      first->end_group();
+    });
+  } catch (const std::exception& e) {
+    if (send_error.empty()) send_error = e.what();
+    if (recv_error.empty()) recv_error = e.what();
+  }
+  if (receive) {
+    if (!recv_error.empty()) {
+      fail(m.out, std::make_shared<Failure>(Failure{"to_mesh", recv_error, {peer_rank}}));
+    } else {
+      auto flight = std::make_shared<InFlight>();
+      flight->done = done;
+      flight->status = std::make_unique<ReceivedStatus>(status_in);
+      flight->ranks = {peer_rank};
+      flight->op = "to_mesh";
+      table_[m.out] = Slot{std::move(out), nullptr, std::move(flight)};
+    }
+  }
+  if (!send_error.empty()) return "to_mesh (sending): " + send_error;
+  return std::nullopt;
+}
+
 // Each message is a 16-byte header (status: 0, or the length of an error
 // text; payload bytes), then the payload: the tensor's bytes, or the text.
 std::optional<std::string> Tensors::transfer(const wire::Transfer& m) {
+  if (gpu_) return transfer_gpu(m);
   const auto dtype = static_cast<at::ScalarType>(m.dtype);
   std::shared_ptr<const Failure> upstream;
   at::Tensor src;
   if (m.src) {
-    const Slot& s = slot(m.src);
+    const Slot& s = use(m.src);
     upstream = s.failure;
     src = s.tensor;
   }

@@ -16,7 +16,10 @@ namespace {
 
 void usage(std::FILE* f) {
   std::fprintf(f,
-               "usage: cox-worker --connect (unix:PATH | HOST:PORT) --rank R [--connect-timeout-ms MS]\n"
+               "usage: cox-worker --connect (unix:PATH | HOST:PORT) --rank R [--device cpu|cuda|cuda:N]\n"
+               "                  [--connect-timeout-ms MS]\n"
+               "The device defaults to $COX_DEVICE, else GPU ($LOCAL_RANK or R) modulo the visible GPUs where\n"
+               "libtorch has CUDA, else the CPU.\n"
                "The token comes from $COX_TOKEN, or from the file named by $COX_TOKEN_FILE (mode 0600),\n"
                "never from the command line.\n");
 }
@@ -52,6 +55,8 @@ int main(int argc, char** argv) {
         return 2;
       }
       o.rank = static_cast<int>(n);
+    } else if (a == "--device") {
+      o.device = value();
     } else if (a == "--connect-timeout-ms") {
       const char* v = value();
       if (!parse_int(v, n) || n <= 0) {

@@ -6,6 +6,10 @@
 #include "common/check.hpp"
 #include "tensor/meta.hpp"
 
+#ifdef COX_HAVE_NCCL
+#include "collectives/nccl.hpp"
+#endif
+
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
 #include <torch/csrc/autograd/autograd.h>
@@ -32,12 +36,85 @@ std::string describe(const at::Tensor& t) {
 
 }  // namespace
 
-Tensors::Tensors(int rank, at::Device device, Hooks hooks) : rank_(rank), device_(device), hooks_(std::move(hooks)) {}
+Tensors::Tensors(int rank, at::Device device, Hooks hooks) : rank_(rank), device_(device), hooks_(std::move(hooks)) {
+  if (device_.is_cuda()) {
+    gpu_ = make_gpu(device_, [watch = watch_] { watch->check(); }, comm_timeout_);
+  }
+}
 
-Tensors::~Tensors() = default;
+Tensors::~Tensors() {
+  // Pending fetches finish (or fail) before the communicators go.
+  gpu_.reset();
+}
+
+void Tensors::CommWatch::check() {
+  std::lock_guard<std::mutex> lk(mu);
+  for (auto& [comm, ranks] : comms) {
+    try {
+#ifdef COX_HAVE_NCCL
+      collectives::check_nccl(*comm);
+#endif
+    } catch (const std::exception& e) {
+      throw CommFailure(e.what(), ranks);
+    }
+  }
+}
+
+void Tensors::watch(collectives::Communicator* comm, const std::vector<int32_t>& ranks) {
+  std::lock_guard<std::mutex> lk(watch_->mu);
+  watch_->comms.emplace_back(comm, ranks);
+}
+
+void Tensors::abort_comms(const std::string& why) {
+  std::lock_guard<std::mutex> lk(watch_->mu);
+  for (auto& [comm, ranks] : watch_->comms) {
+#ifdef COX_HAVE_NCCL
+    collectives::abort_nccl(*comm, why);
+#endif
+    (void)comm;
+    (void)why;
+  }
+}
+
+void Tensors::settle(Slot& s) {
+  std::shared_ptr<InFlight> f = std::move(s.in_flight);
+  s.in_flight.reset();
+  if (gpu_ && f->done) gpu_->compute_after(*f->done, s.tensor);
+  if (f->status) {
+    std::vector<uint8_t> statuses;
+    try {
+      std::lock_guard<std::mutex> lk(watch_->mu);
+      statuses = f->status->finish();
+    } catch (const std::exception& e) {
+      s = Slot{at::Tensor(), std::make_shared<Failure>(Failure{f->op, e.what(), f->ranks}), nullptr};
+      return;
+    }
+    for (size_t i = 0; i < statuses.size(); ++i) {
+      if (statuses[i] == 0) continue;
+      s = Slot{at::Tensor(),
+               std::make_shared<Failure>(Failure{
+                   f->op, fmt::format("the input on worker {} (member {} of the group [{}]) is an error value; fetch it "
+                                      "there for the cause",
+                                      f->ranks[i], i, fmt::join(f->ranks, ", "))}),
+               nullptr};
+      return;
+    }
+  }
+}
+
+std::optional<std::string> Tensors::synchronize() {
+  if (!gpu_) return std::nullopt;
+  try {
+    gpu_->synchronize([this] { watch_->check(); }, comm_timeout_);
+  } catch (const std::exception& e) {
+    abort_comms(e.what());
+    return std::string(e.what());
+  }
+  return std::nullopt;
+}
 
 const Tensors::Slot& Tensors::slot(uint64_t id) const {
-  static const Slot missing{at::Tensor(), std::make_shared<Failure>(Failure{"lookup", "no such tensor"})};
+  static const Slot missing{at::Tensor(), std::make_shared<Failure>(Failure{"lookup", "no such tensor"}), nullptr};
   auto it = table_.find(id);
   return it == table_.end() ? missing : it->second;
 }
@@ -68,7 +145,7 @@ std::optional<std::string> Tensors::run_op(const wire::FrameView& f) {
     switch (static_cast<ArgTag>(tag)) {
       case ArgTag::kNone: stack.emplace_back(); break;
       case ArgTag::kTensor: {
-        const Slot& s = slot(r.get<uint64_t>("arg.tensor"));
+        const Slot& s = use(r.get<uint64_t>("arg.tensor"));
         if (s.failure && !upstream) upstream = s.failure;
         stack.emplace_back(s.tensor);
         break;
@@ -78,7 +155,7 @@ std::optional<std::string> Tensors::run_op(const wire::FrameView& f) {
         std::vector<at::Tensor> ts;
         ts.reserve(n);
         for (uint16_t k = 0; k < n; ++k) {
-          const Slot& s = slot(r.get<uint64_t>("arg.tensor_list.id"));
+          const Slot& s = use(r.get<uint64_t>("arg.tensor_list.id"));
           if (s.failure && !upstream) upstream = s.failure;
           ts.push_back(s.tensor);
         }
@@ -206,9 +283,62 @@ void Tensors::free(const wire::Free& m) {
   for (uint64_t id : m.ids) table_.erase(id);
 }
 
+namespace {
+
+std::vector<uint8_t> fetch_payload(const at::Tensor& c) {
+  std::vector<uint8_t> payload;
+  payload.reserve(64 + c.nbytes());
+  Writer w(payload);
+  tensor::Meta::of(c).encode(w);
+  w.put_string(std::string_view(static_cast<const char*>(c.data_ptr()), c.nbytes()));
+  return payload;
+}
+
+}  // namespace
+
 void Tensors::fetch(const wire::Fetch& m) {
-  const Slot& s = slot(m.id);
+  const Slot& s = use(m.id);
   if (s.failure) return reply_error(m.request, *s.failure);
+  if (gpu_ && s.tensor.is_cuda()) {
+    // The copy runs behind the work already issued; the reply goes out from
+    // the GPU's completion thread, and this stream moves on meanwhile.
+    const uint64_t request = m.request;
+    auto reply = hooks_.reply_from_any_thread;
+    try {
+      gpu_->copy_to_host(s.tensor, [reply, request](const at::Tensor& host, std::exception_ptr error) {
+        wire::Reply rep;
+        rep.request = request;
+        std::vector<uint8_t> payload;
+        if (error) {
+          // A failed communicator names its members: the controller turns
+          // that into WorkerLost when one of them is gone.
+          std::string message;
+          std::vector<int32_t> peers;
+          try {
+            std::rethrow_exception(error);
+          } catch (const CommFailure& e) {
+            message = e.what();
+            peers = e.peers;
+          } catch (const std::exception& e) {
+            message = message_of(e);
+          }
+          rep.ok = false;
+          Writer w(payload);
+          w.put_string(std::string("fetch"));
+          w.put_string(message);
+          w.put(static_cast<uint32_t>(peers.size()));
+          for (int32_t p : peers) w.put(p);
+        } else {
+          payload = fetch_payload(host);
+        }
+        rep.payload.assign(payload.begin(), payload.end());
+        reply(rep);
+      });
+    } catch (const std::exception& e) {
+      reply_error(m.request, Failure{"fetch", message_of(e)});
+    }
+    return;
+  }
   at::Tensor c;
   try {
     c = s.tensor.detach().contiguous().cpu();
@@ -217,11 +347,7 @@ void Tensors::fetch(const wire::Fetch& m) {
   }
   wire::Reply rep;
   rep.request = m.request;
-  std::vector<uint8_t> payload;
-  payload.reserve(64 + c.nbytes());
-  Writer w(payload);
-  tensor::Meta::of(c).encode(w);
-  w.put_string(std::string_view(static_cast<const char*>(c.data_ptr()), c.nbytes()));
+  const std::vector<uint8_t> payload = fetch_payload(c);
   rep.payload.assign(payload.begin(), payload.end());
   hooks_.reply(rep);
 }
@@ -244,11 +370,11 @@ void Tensors::seed(const wire::Seed& m) {
 }
 
 std::optional<std::string> Tensors::backward(const wire::Backward& m) {
-  const Slot& s = slot(m.id);
+  const Slot& s = use(m.id);
   if (s.failure) return "backward from an error value: " + s.failure->op + ": " + s.failure->message;
   std::vector<at::Tensor> grads;
   if (m.grad) {
-    const Slot& g = slot(m.grad);
+    const Slot& g = use(m.grad);
     if (g.failure) return "backward with an error value as the gradient: " + g.failure->op + ": " + g.failure->message;
     grads.push_back(g.tensor);
   }
@@ -261,7 +387,7 @@ std::optional<std::string> Tensors::backward(const wire::Backward& m) {
 }
 
 void Tensors::grad(const wire::Grad& m) {
-  const Slot& s = slot(m.id);
+  const Slot& s = use(m.id);
   if (s.failure) return fail(m.out, s.failure);
   at::Tensor g = s.tensor.grad();
   if (!g.defined()) {
@@ -314,7 +440,7 @@ void Tensors::call_remote(const wire::CallRemote& m) {
   if (it == remote_.end()) return failed(Failure{m.name, "no remote function of that name is loaded"});
   std::vector<at::Tensor> inputs;
   for (uint64_t id : m.inputs) {
-    const Slot& s = slot(id);
+    const Slot& s = use(id);
     if (s.failure) return failed(*s.failure);
     inputs.push_back(s.tensor);
   }

@@ -5,6 +5,7 @@
 
 #include "collectives/communicator.hpp"
 #include "wire/messages.hpp"
+#include "worker/gpu.hpp"
 
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -12,6 +13,7 @@
 
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -28,14 +30,22 @@ class Tensors {
   struct Hooks {
     // Sends a reply frame to the controller at once.
     std::function<void(const wire::Reply&)> reply;
+    // The same, from any thread (the GPU's fetch completions).
+    std::function<void(const wire::Reply&)> reply_from_any_thread;
     // Every member's blob for a communicator being set up (through the
     // controller); throws collectives::CommError when the rendezvous fails.
     std::function<std::vector<std::string>(uint64_t comm, const std::string& blob)> rendezvous;
     // The address Gloo listens on: one this worker's peers can reach.
     std::string gloo_hostname = "127.0.0.1";
   };
+  // A CUDA `device` binds this process to it (throws cox::Error when it
+  // cannot); then ops run on a compute stream and collectives on their own.
   Tensors(int rank, at::Device device, Hooks hooks);
   ~Tensors();
+
+  const at::Device& device() const noexcept { return device_; }
+  // Waits for the device's work (for a sync); returns why it failed.
+  std::optional<std::string> synchronize();
 
   void define_op(const wire::DefineOp& m);
   // An op with no outputs (one that only writes its inputs) has nothing to
@@ -58,6 +68,7 @@ class Tensors {
   void comm_init(const wire::CommInit& m);
   std::optional<std::string> collective(const wire::Collective& m);
   std::optional<std::string> transfer(const wire::Transfer& m);
+  std::optional<std::string> transfer_gpu(const wire::Transfer& m);
 
   size_t live() const noexcept { return table_.size(); }
 
@@ -77,9 +88,30 @@ class Tensors {
     std::vector<int32_t> ranks;  // global ranks, in group order
     std::string error;           // set-up failed: why
   };
+  // A collective's output on a GPU, still in flight on the communication
+  // stream: the event that marks its end, and the status exchange that says
+  // whether every member's input was good (read when the output is used).
+  struct InFlight {
+    std::shared_ptr<const Gpu::Event> done;
+    std::unique_ptr<collectives::Communicator::StatusExchange> status;
+    std::vector<int32_t> ranks;
+    const char* op = "";
+  };
   struct Slot {
     at::Tensor tensor;
     std::shared_ptr<const Failure> failure;
+    std::shared_ptr<InFlight> in_flight;
+  };
+  // The communicators a GPU's waits poll for asynchronous errors, from the
+  // executor and from the thread that completes fetches.
+  struct CommWatch {
+    std::mutex mu;
+    std::vector<std::pair<collectives::Communicator*, std::vector<int32_t>>> comms;
+    void check();  // throws CommFailure
+  };
+  struct CommFailure : std::runtime_error {
+    CommFailure(const std::string& what, std::vector<int32_t> peers) : std::runtime_error(what), peers(std::move(peers)) {}
+    std::vector<int32_t> peers;
   };
   struct Op {
     std::optional<c10::OperatorHandle> handle;
@@ -87,8 +119,21 @@ class Tensors {
   };
 
   const Slot& slot(uint64_t id) const;
-  void store(uint64_t id, at::Tensor t) { table_[id] = Slot{std::move(t), nullptr}; }
-  void fail(uint64_t id, std::shared_ptr<const Failure> f) { table_[id] = Slot{at::Tensor(), std::move(f)}; }
+  // The slot, ready for the compute stream: a collective's output still in
+  // flight is waited for (by the stream) and its status read first.
+  const Slot& use(uint64_t id) {
+    auto it = table_.find(id);
+    if (it == table_.end()) return slot(id);
+    if (it->second.in_flight) settle(it->second);
+    return it->second;
+  }
+  void settle(Slot& s);
+  void store(uint64_t id, at::Tensor t) { table_[id] = Slot{std::move(t), nullptr, nullptr}; }
+  void fail(uint64_t id, std::shared_ptr<const Failure> f) { table_[id] = Slot{at::Tensor(), std::move(f), nullptr}; }
+  void watch(collectives::Communicator* comm, const std::vector<int32_t>& ranks);
+  // Aborts every NCCL communicator (after an asynchronous failure), so that
+  // nothing on the device waits for them any longer.
+  void abort_comms(const std::string& why);
   void reply_error(uint64_t request, const Failure& f);
   std::string describe_args(const wire::FrameView& f) const;
   void reply_metas(uint64_t request, const std::vector<at::Tensor>& outs);
@@ -106,6 +151,9 @@ class Tensors {
   std::vector<void*> libraries_;
   std::unordered_map<uint64_t, Comm> comms_;
   std::shared_ptr<gloo::transport::Device> gloo_device_;
+  std::shared_ptr<CommWatch> watch_ = std::make_shared<CommWatch>();
+  std::chrono::milliseconds comm_timeout_{std::chrono::minutes(10)};
+  std::unique_ptr<Gpu> gpu_;  // CUDA workers only
 };
 
 }  // namespace cox::worker

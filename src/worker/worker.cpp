@@ -4,6 +4,7 @@
 #include "worker/worker.hpp"
 
 #include "worker/cpu_allocator.hpp"
+#include "worker/gpu.hpp"
 #include "worker/tensors.hpp"
 
 #include "common/check.hpp"
@@ -175,7 +176,7 @@ struct Session {
   wire::Welcome welcome;
 };
 
-Session connect_and_handshake(const WorkerOptions& o, const std::string& token) {
+Session connect_and_handshake(const WorkerOptions& o, const std::string& token, const std::string& device) {
   const Endpoint ep = parse_endpoint(o.connect);
   const auto connect_deadline = Clock::now() + o.connect_timeout;
   std::string error;
@@ -201,6 +202,7 @@ Session connect_and_handshake(const WorkerOptions& o, const std::string& token) 
   reply.rank = o.rank;
   reply.nonce = transport::random_nonce();
   reply.mac = transport::prove(token, "worker", hello.nonce, o.rank);
+  reply.device = device;
   write_all(fd, wire::encode_frame(reply));
 
   auto f = read_handshake_frame(fd, buf, deadline, "welcome");
@@ -415,8 +417,8 @@ struct WriteSide final : transport::Channel::Handler {
 
 class Executor {
  public:
-  Executor(int rank, transport::Channel& out, StreamReader& in, std::string gloo_hostname)
-      : rank_(rank), out_(out), in_(in), tensors_(rank, at::Device(at::kCPU), hooks(std::move(gloo_hostname))) {}
+  Executor(int rank, const at::Device& device, transport::Channel& out, StreamReader& in, std::string gloo_hostname)
+      : rank_(rank), out_(out), in_(in), tensors_(rank, device, hooks(std::move(gloo_hostname))) {}
 
   // Runs one frame; returns false on shutdown.
   bool run(const wire::FrameView& f) {
@@ -424,9 +426,13 @@ class Executor {
     switch (f.type) {
       case wire::MsgType::kHeartbeat:
         return true;
-      case wire::MsgType::kSync:
-        reply_now(wire::SyncDone{wire::decode<wire::Sync>(f).id});
+      case wire::MsgType::kSync: {
+        const uint64_t id = wire::decode<wire::Sync>(f).id;
+        // On a GPU, done means done on the device too.
+        if (auto err = tensors_.synchronize()) report("sync", *err);
+        reply_now(wire::SyncDone{id});
         return true;
+      }
       case wire::MsgType::kShutdown:
         wire::decode<wire::Shutdown>(f);
         return false;
@@ -519,6 +525,7 @@ class Executor {
   Tensors::Hooks hooks(std::string gloo_hostname) {
     Tensors::Hooks h;
     h.reply = [this](const wire::Reply& r) { reply_now(r); };
+    h.reply_from_any_thread = [this](const wire::Reply& r) { out_.send_now(wire::encode_frame(r)); };
     h.rendezvous = [this](uint64_t comm, const std::string& blob) { return rendezvous(comm, blob); };
     h.gloo_hostname = std::move(gloo_hostname);
     return h;
@@ -589,7 +596,27 @@ int run_worker(const WorkerOptions& o) {
   std::string token = transport::load_worker_token();
   ::unsetenv(transport::kTokenEnv);  // not for anything this worker starts
 
-  Session s = connect_and_handshake(o, token);
+  // The device first: a worker that cannot use its device says so before
+  // it joins.
+  std::string device_name = o.device;
+  if (device_name.empty()) {
+    const char* env = std::getenv("COX_DEVICE");
+    device_name = env && *env ? env : default_device(o.rank);
+  }
+  if (device_name == "cuda") {
+    device_name = default_device(o.rank);
+    COX_CHECK_ARG(device_name != "cpu",
+                  "device 'cuda': no CUDA device is visible to this worker, or its libtorch has no CUDA");
+  }
+  at::Device device(at::kCPU);
+  try {
+    device = at::Device(device_name);
+  } catch (const std::exception&) {
+    throw InvalidArgument(fmt::format("device '{}' is neither cpu, cuda nor cuda:N", device_name));
+  }
+  COX_CHECK_ARG(device.is_cpu() || device.is_cuda(), "device '{}' is neither cpu, cuda nor cuda:N", device_name);
+
+  Session s = connect_and_handshake(o, token, device.str());
   const milliseconds hb_interval(s.welcome.heartbeat_interval_ms);
   const milliseconds hb_timeout(s.welcome.heartbeat_timeout_ms);
 
@@ -642,7 +669,13 @@ int run_worker(const WorkerOptions& o) {
 
   install_caching_cpu_allocator();
   ops_detail::ensure_registered();  // Coxswain's own ops (fused optimizers)
-  Executor exec(o.rank, *channel, reader, gloo_hostname(s.fd));
+  std::optional<Executor> exec_holder;
+  try {
+    exec_holder.emplace(o.rank, device, *channel, reader, gloo_hostname(s.fd));
+  } catch (const std::exception& e) {
+    die(o.rank, std::string("cannot use device ") + device.str() + ": " + e.what());
+  }
+  Executor& exec = *exec_holder;
   bool shut_down = false;
   try {
     for (;;) {

@@ -10,6 +10,10 @@ namespace cox::worker {
 struct WorkerOptions {
   std::string connect;  // "unix:/path/to/socket", "host:port" or "[v6addr]:port"
   int rank = -1;
+  // "cpu", "cuda" or "cuda:N"; empty: $COX_DEVICE, else the GPU
+  // LOCAL_RANK (or rank) modulo the visible GPUs where libtorch has CUDA,
+  // else the CPU.
+  std::string device;
   // How long to keep trying to reach the controller (it may start later
   // than the workers when they are launched by a scheduler).
   std::chrono::milliseconds connect_timeout{60000};
