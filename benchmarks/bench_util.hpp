@@ -38,6 +38,7 @@ inline Stats stats(std::vector<double> v) {
 struct Options {
   bool quick = false;
   std::string json;
+  std::string device = "cpu";  // where the workers run: cpu or cuda
 };
 
 inline bool parse_options(int argc, char** argv, const char* name, Options& o) {
@@ -47,8 +48,10 @@ inline bool parse_options(int argc, char** argv, const char* name, Options& o) {
       o.quick = true;
     } else if (a == "--json" && i + 1 < argc) {
       o.json = argv[++i];
+    } else if (a == "--device" && i + 1 < argc && (std::string(argv[i + 1]) == "cpu" || std::string(argv[i + 1]) == "cuda")) {
+      o.device = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: %s [--quick] [--json FILE]\n", name);
+      std::fprintf(stderr, "usage: %s [--quick] [--json FILE] [--device cpu|cuda]\n", name);
       return false;
     }
   }

@@ -7,7 +7,9 @@
 //   raw          ops/s of the same loop on raw libtorch, one process
 //
 // Workloads: `add` of two 1K-float tensors, and a 4-op chain
-// (add, mul, relu, sub). Usage: dispatch_bench [--quick] [--json FILE]
+// (add, mul, relu, sub). With --device cuda the workers are CUDA workers on
+// GPU 0 and the raw loop runs on that GPU (each timing ends when the GPU is
+// done). Usage: dispatch_bench [--quick] [--json FILE] [--device cpu|cuda]
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -28,12 +30,18 @@ struct Result {
   double issue, end_to_end, raw;
 };
 
+// Raw ops on a GPU are asynchronous: a copy back waits for them.
+void finish(const at::Tensor& last) {
+  if (last.defined() && !last.device().is_cpu()) (void)last.sum().item<float>();
+}
+
 template <class Remote, class Raw>
 Result measure(const DeviceMesh& mesh, int ops_per_iter, int iters, Remote remote, Raw raw) {
   // Warm up: meta cache, worker caches, allocator.
   for (int i = 0; i < 200; ++i) remote();
   mesh.sync();
   for (int i = 0; i < 200; ++i) raw();
+  finish(raw());
 
   Result r{};
   std::vector<double> issue, e2e, rawv;
@@ -46,7 +54,9 @@ Result measure(const DeviceMesh& mesh, int ops_per_iter, int iters, Remote remot
     issue.push_back(iters * ops_per_iter / t_issue);
     e2e.push_back(iters * ops_per_iter / t_all);
     t0 = Clock::now();
-    for (int i = 0; i < iters; ++i) raw();
+    at::Tensor last;
+    for (int i = 0; i < iters; ++i) last = raw();
+    finish(last);
     rawv.push_back(iters * ops_per_iter / seconds_since(t0));
   }
   r.issue = stats(issue).median;
@@ -67,24 +77,29 @@ int main(int argc, char** argv) {
   JsonRows rows;
   std::printf("%-8s %7s %14s %14s %14s %8s\n", "workload", "workers", "issue ops/s", "e2e ops/s", "raw ops/s",
               "raw/e2e");
+  const bool cuda = opts_cli.device == "cuda";
+  const at::Device device = cuda ? at::Device("cuda:0") : at::Device(at::kCPU);
+  std::printf("workers on %s\n", device.str().c_str());
   for (int workers : {1, 4}) {
     ControllerOptions opts;
     opts.workers = workers;
+    opts.device = opts_cli.device;
+    if (cuda) opts.gpus = {0};
     opts.worker_env = [](int) { return std::vector<std::pair<std::string, std::string>>{{"OMP_NUM_THREADS", "1"}}; };
     Controller ctl = Controller::local(opts);
     DeviceMesh mesh = ctl.mesh({{"w", workers}});
     Tensor a = ones(mesh, {1024}), b = ones(mesh, {1024});
-    at::Tensor la = at::ones({1024}), lb = at::ones({1024});
+    at::Tensor la = at::ones({1024}, device), lb = at::ones({1024}, device);
 
     Result add = measure(
-        mesh, 1, iters, [&] { Tensor c = a + b; }, [&] { at::Tensor c = la + lb; });
+        mesh, 1, iters, [&] { Tensor c = a + b; }, [&] { return la + lb; });
     Result chain = measure(
         mesh, 4, iters / 4, [&] { Tensor c = relu((a + b) * 2.0) - 1.0; },
-        [&] { at::Tensor c = at::relu((la + lb) * 2.0) - 1.0; });
+        [&] { return at::relu((la + lb) * 2.0) - 1.0; });
     for (auto& [name, r] : {std::pair<const char*, Result>{"add", add}, {"chain4", chain}}) {
       std::printf("%-8s %7d %14.0f %14.0f %14.0f %8.2f\n", name, workers, r.issue, r.end_to_end, r.raw,
                   r.raw / r.end_to_end);
-      const std::string c = std::string(name) + "/workers=" + std::to_string(workers);
+      const std::string c = std::string(name) + "/" + opts_cli.device + "/workers=" + std::to_string(workers);
       rows.add({{"bench", "dispatch"}, {"case", c + "/end_to_end"}, {"unit", "ops/s"}},
                {{"value", r.end_to_end}, {"baseline", r.raw}, {"ratio", r.raw / r.end_to_end}, {"workers", double(workers)}});
       rows.add({{"bench", "dispatch"}, {"case", c + "/issue"}, {"unit", "ops/s"}},

@@ -99,6 +99,12 @@ if(NOT COX_CUDA STREQUAL "OFF")
       target_include_directories(cox_nccl SYSTEM INTERFACE "${COX_NCCL_INCLUDE_DIR}")
       target_link_libraries(cox_nccl INTERFACE "${COX_NCCL_LIBRARY}")
       set(COX_HAVE_NCCL ON)
+      if(COX_NCCL_ROOT)
+        # libtorch_cuda needs this NCCL too: the linker must find it before
+        # any other (the toolkit's) when it resolves libtorch's needs.
+        get_filename_component(cox_nccl_dir "${COX_NCCL_LIBRARY}" DIRECTORY)
+        add_link_options("LINKER:-rpath-link,${cox_nccl_dir}")
+      endif()
     elseif(COX_CUDA STREQUAL "ON")
       message(FATAL_ERROR "NCCL not found next to the CUDA toolkit: install NCCL (Debian: libnccl-dev) "
                           "or configure with -DCOX_CUDA=OFF.")

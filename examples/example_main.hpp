@@ -7,6 +7,9 @@
 
 #include <cox/errors.hpp>
 
+#include <ATen/Context.h>
+#include <ATen/detail/CUDAHooksInterface.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -16,6 +19,14 @@
 #include <vector>
 
 namespace cox::examples {
+
+// Whether local workers would run on GPUs by default (a CUDA libtorch, a
+// visible GPU, and $COX_DEVICE not "cpu").
+inline bool gpus_visible() {
+  const char* env = std::getenv("COX_DEVICE");
+  if (env && std::string(env) == "cpu") return false;
+  return at::hasCUDA() && at::detail::getCUDAHooks().getNumGPUs() > 0;
+}
 
 struct ExampleFlags {
   TrainingConfig config;

@@ -6,6 +6,7 @@
 // own batches from seeds (per step, per rank), so no data moves.
 #pragma once
 
+#include <cox/bucket.hpp>
 #include <cox/collectives.hpp>
 #include <cox/optim.hpp>
 #include <cox/tensor.hpp>
@@ -111,8 +112,9 @@ inline Tensor apply_layers(const std::vector<Tensor>& params, Tensor h, bool end
 
 // The gradients of `params` averaged over `dims` of their mesh, in buckets
 // of about bucket_bytes, last parameter first (the order backward produces
-// them): each bucket is one flat buffer and one all_reduce, and the averaged
-// gradients are views of it. The parameters' own gradients are zeroed.
+// them): each bucket is one flat buffer (cox::flatten: one op, one kernel)
+// and one all_reduce in place, and the averaged gradients are views of it.
+// The parameters' own gradients are zeroed.
 inline std::vector<Tensor> average_gradients(const std::vector<Tensor>& params, const Dims& dims,
                                              int64_t bucket_bytes) {
   std::vector<Tensor> out(params.size());
@@ -123,9 +125,10 @@ inline std::vector<Tensor> average_gradients(const std::vector<Tensor>& params, 
     while (begin > 0 && (begin == end || bytes + params[begin - 1].numel() * 4 <= bucket_bytes)) {
       bytes += params[--begin].numel() * 4;
     }
-    std::vector<Tensor> flat;
-    for (size_t i = begin; i < end; ++i) flat.push_back(params[i].grad().view({-1}));
-    Tensor bucket = all_reduce(cat(flat), dims, Reduce::Avg);
+    std::vector<Tensor> grads;
+    for (size_t i = begin; i < end; ++i) grads.push_back(params[i].grad());
+    Tensor bucket = flatten(grads);
+    all_reduce_(bucket, dims, Reduce::Avg);
     int64_t at = 0;
     for (size_t i = begin; i < end; ++i) {
       out[i] = bucket.narrow(0, at, params[i].numel()).view(params[i].sizes());

@@ -58,7 +58,8 @@ struct ControllerOptions {
 
   // --- local spawn: where the workers run ---
   // "auto": on GPUs where this libtorch has CUDA and a GPU is visible, else
-  // on the CPU. "cuda": on GPUs (an error where there are none). "cpu".
+  // on the CPU ($COX_DEVICE, when set, decides instead). "cuda": on GPUs
+  // (an error where there are none). "cpu".
   std::string device = "auto";
   // The GPUs used, by index; empty: every visible one. Worker r gets
   // gpus[r % gpus.size()]. Workers sharing a GPU get distinct NCCL host ids

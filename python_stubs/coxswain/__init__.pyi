@@ -63,9 +63,19 @@ class Controller:
 
     @staticmethod
     def local(
-        workers: int = 1, worker_path: str = "", heartbeat_timeout: float = 10.0, collective_timeout: float = 600.0
+        workers: int = 0,
+        worker_path: str = "",
+        heartbeat_timeout: float = 10.0,
+        collective_timeout: float = 600.0,
+        device: str = "auto",
+        gpus: List[int] = [],
     ) -> Controller:
-        """Starts `workers` local worker processes and waits for them."""
+        """Starts `workers` local worker processes and waits for them.
+
+        device: "auto" (GPUs where torch has CUDA and one is visible, else the
+        CPU), "cuda" or "cpu". gpus: the GPU indices used (empty: all visible);
+        worker r gets gpus[r % len(gpus)]. workers 0: one per GPU, or 1 on the CPU.
+        """
     @staticmethod
     def attach(
         workers: int, port: int, token: str, host: str = "127.0.0.1", startup_timeout: float = 30.0
@@ -82,6 +92,8 @@ class Controller:
         """Stops every worker and waits for them to exit. Idempotent."""
     def worker_pid(self, rank: int) -> int:
         """The process id of a local worker (-1 for an attached one)."""
+    def device(self, rank: int) -> str:
+        """Where a worker's tensors live: "cpu", "cuda:0", ..."""
     def lost_workers(self) -> List[int]:
         """Ranks lost so far."""
     def __enter__(self) -> Controller: ...

@@ -137,7 +137,12 @@ Controller::Impl::Impl(ControllerOptions options, Mode mode)
 
 // Local workers: the device of each (and their number, when not given).
 std::vector<std::string> Controller::Impl::plan_devices() {
-  const std::string& d = opts_.device;
+  std::string d = opts_.device;
+  if (const char* env = std::getenv("COX_DEVICE"); d == "auto" && env && *env) {
+    COX_CHECK_ARG(std::string(env) == "cpu" || std::string(env) == "cuda" || std::string(env) == "auto",
+                  "$COX_DEVICE must be auto, cuda or cpu, got '{}'", env);
+    d = env;
+  }
   COX_CHECK_ARG(d == "auto" || d == "cuda" || d == "cpu", "ControllerOptions::device must be auto, cuda or cpu, got '{}'",
                 d);
   COX_CHECK_ARG(opts_.workers >= 0, "ControllerOptions::workers must be positive (or 0: one per GPU), got {}",

@@ -182,17 +182,20 @@ PYBIND11_MODULE(coxswain, m) {
   py::class_<Controller>(m, "Controller")
       .def_static(
           "local",
-          [](int workers, const std::string& worker_path, double heartbeat_timeout, double collective_timeout) {
+          [](int workers, const std::string& worker_path, double heartbeat_timeout, double collective_timeout,
+             const std::string& device, const std::vector<int>& gpus) {
             ControllerOptions o;
             o.workers = workers;
             o.worker_path = worker_path;
+            o.device = device;
+            o.gpus = gpus;
             o.heartbeat_timeout = std::chrono::milliseconds(static_cast<int64_t>(heartbeat_timeout * 1000));
             o.collective_timeout = std::chrono::milliseconds(static_cast<int64_t>(collective_timeout * 1000));
             py::gil_scoped_release release;
             return Controller::local(o);
           },
-          py::arg("workers") = 1, py::arg("worker_path") = "", py::arg("heartbeat_timeout") = 10.0,
-          py::arg("collective_timeout") = 600.0)
+          py::arg("workers") = 0, py::arg("worker_path") = "", py::arg("heartbeat_timeout") = 10.0,
+          py::arg("collective_timeout") = 600.0, py::arg("device") = "auto", py::arg("gpus") = std::vector<int>{})
       .def_static(
           "attach",
           [](int workers, uint16_t port, const std::string& token, const std::string& host, double startup_timeout) {
@@ -222,6 +225,7 @@ PYBIND11_MODULE(coxswain, m) {
              c.shutdown();
            })
       .def("worker_pid", &Controller::worker_pid)
+      .def("device", &Controller::device, py::arg("rank"))
       .def("lost_workers", &Controller::lost_workers)
       .def("__enter__", [](Controller& c) -> Controller& { return c; }, py::return_value_policy::reference)
       .def("__exit__", [](Controller& c, py::args) {

@@ -55,6 +55,7 @@ TEST_CASE("messages round-trip through frames", "[wire]") {
   hr.rank = 3;
   hr.nonce[0] = 1;
   hr.mac[31] = 2;
+  hr.device = "cuda:3";
   encode_frame(hr, buf);
 
   FrameScanner s(kDefaultMaxFrame);
@@ -75,6 +76,7 @@ TEST_CASE("messages round-trip through frames", "[wire]") {
   REQUIRE(hr2.rank == 3);
   REQUIRE(hr2.nonce == hr.nonce);
   REQUIRE(hr2.mac == hr.mac);
+  REQUIRE(hr2.device == "cuda:3");
 }
 
 TEST_CASE("collective messages round-trip, and bad ones are rejected", "[wire][collectives]") {
@@ -83,6 +85,7 @@ TEST_CASE("collective messages round-trip, and bad ones are rejected", "[wire][c
   init.comm = 5;
   init.timeout_ms = 1234;
   init.ranks = {3, 1, 4};
+  init.parent = 2;
   encode_frame(init, buf);
   Collective c;
   c.comm = 5;
@@ -117,6 +120,7 @@ TEST_CASE("collective messages round-trip, and bad ones are rejected", "[wire][c
   REQUIRE(init2.comm == 5);
   REQUIRE(init2.timeout_ms == 1234);
   REQUIRE(init2.ranks == init.ranks);
+  REQUIRE(init2.parent == 2);
   auto c2 = decode<Collective>(frames[1]);
   REQUIRE(c2.kind == CollectiveKind::kAllToAll);
   REQUIRE((c2.reduce == 2 && c2.a == 1 && c2.b == -1 && c2.in == 10 && c2.out == 11 && c2.dtype == 6));
