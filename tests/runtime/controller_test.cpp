@@ -198,8 +198,21 @@ TEST_CASE("start-up fails fast when a worker cannot start", "[controller][errors
 }
 
 TEST_CASE("bad options are InvalidArgument naming the value", "[controller][errors]") {
-  auto opts = local_options(0);
-  REQUIRE_THROWS_WITH(Controller::local(opts), Catch::Contains("workers must be positive, got 0"));
+  auto opts = local_options(-1);
+  REQUIRE_THROWS_WITH(Controller::local(opts), Catch::Contains("workers must be positive (or 0: one per GPU), got -1"));
+  opts = local_options(1);
+  opts.device = "tpu";
+  REQUIRE_THROWS_WITH(Controller::local(opts), Catch::Contains("must be auto, cuda or cpu, got 'tpu'"));
+  if (Controller::local(local_options(1)).device(0) == "cpu") {
+    // No GPU here: asking for one says so.
+    opts.device = "cuda";
+    REQUIRE_THROWS_WITH(Controller::local(opts), Catch::Contains("no GPU is visible"));
+    opts = local_options(1);
+    opts.gpus = {0};
+    REQUIRE_THROWS_WITH(Controller::local(opts), Catch::Contains("gpus names GPUs, but none is visible"));
+    // workers 0 on the CPU: one worker.
+    REQUIRE(Controller::local(local_options(0)).size() == 1);
+  }
   opts = local_options(1);
   opts.worker_path = "/nonexistent/cox-worker";
   REQUIRE_THROWS_WITH(Controller::local(opts), Catch::Contains("'/nonexistent/cox-worker' is not an executable"));
