@@ -67,7 +67,7 @@ Result measure(const DeviceMesh& mesh, int ops_per_iter, int iters, Remote remot
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
   Options opts_cli;
   if (!parse_options(argc, argv, "dispatch_bench", opts_cli)) return 2;
   const bool quick = opts_cli.quick;
@@ -109,4 +109,13 @@ int main(int argc, char** argv) {
   std::printf("raw/e2e: how many times faster raw libtorch in one process is (1.0 = parity)\n");
   if (!json.empty() && !rows.write(json)) return 1;
   return 0;
+}
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "dispatch_bench: %s\n", e.what());
+    return 1;
+  }
 }

@@ -158,7 +158,7 @@ std::vector<double> run_raw(int n, const std::vector<Case>& cs) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
   Options o;
   if (!parse_options(argc, argv, "nccl_bench", o)) return 2;
   const std::vector<Case> cs = cases(o.quick);
@@ -199,4 +199,13 @@ int main(int argc, char** argv) {
   std::printf("ratio: Coxswain busbw / raw NCCL busbw (1.0 = parity)\n");
   if (!o.json.empty() && !rows.write(o.json)) return 1;
   return 0;
+}
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "nccl_bench: %s\n", e.what());
+    return 1;
+  }
 }

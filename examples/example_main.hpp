@@ -62,8 +62,9 @@ inline bool parse_flags(int argc, char** argv, const char* name, ExampleFlags& f
     }
   }
   for (auto& [k, p] : ints) {
-    if (*p < 1) {
-      std::fprintf(stderr, "%s: --%s must be positive\n", name, k.c_str());
+    // --workers 0: one per GPU (the default where there are GPUs).
+    if (*p < (k == "workers" ? 0 : 1)) {
+      std::fprintf(stderr, "%s: --%s must be positive%s\n", name, k.c_str(), k == "workers" ? " (or 0)" : "");
       return false;
     }
   }

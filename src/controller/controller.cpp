@@ -148,11 +148,13 @@ std::vector<std::string> Controller::Impl::plan_devices() {
   COX_CHECK_ARG(opts_.workers >= 0, "ControllerOptions::workers must be positive (or 0: one per GPU), got {}",
                 opts_.workers);
   const int visible = at::detail::getCUDAHooks().getNumGPUs();
+  // (Without a driver, a CUDA libtorch sees no GPU either.)
   COX_CHECK_ARG(d != "cuda" || visible > 0,
-                "ControllerOptions::device is 'cuda' but no GPU is visible{}",
-                at::hasCUDA() ? "" : " (this libtorch has no CUDA)");
+                "ControllerOptions::device is 'cuda' but no GPU is visible (no device or driver, or a libtorch "
+                "without CUDA)");
   COX_CHECK_ARG(d == "cuda" || opts_.gpus.empty() || visible > 0,
-                "ControllerOptions::gpus names GPUs, but none is visible{}", at::hasCUDA() ? "" : " (this libtorch has no CUDA)");
+                "ControllerOptions::gpus names GPUs, but none is visible (no device or driver, or a libtorch "
+                "without CUDA)");
   const bool gpu = d == "cuda" || (d == "auto" && visible > 0);
   std::vector<std::string> out;
   if (!gpu) {

@@ -5,6 +5,7 @@
 #include <c10/core/GradMode.h>
 #include <torch/csrc/autograd/autograd.h>
 
+#include <cox/bucket.hpp>
 #include <cox/optim.hpp>
 #include <cox/tensor.hpp>
 
@@ -43,6 +44,13 @@ void require_same(const Tensor& remote, const at::Tensor& expected, double tol =
       REQUIRE(at::equal(shard, expected));
     }
   }
+}
+
+// Bit for bit, on every worker.
+void require_equal(const Tensor& remote, const at::Tensor& expected) {
+  INFO("expected sizes " << expected.sizes() << " dtype " << expected.scalar_type());
+  REQUIRE(remote.dtype() == expected.scalar_type());
+  for (const at::Tensor& shard : remote.fetch_all(30000ms)) REQUIRE(at::equal(shard, expected));
 }
 
 at::Tensor local_randn(std::vector<int64_t> sizes, uint64_t seed) {
@@ -358,6 +366,45 @@ TEST_CASE("fused optimizer ops match their formulas, and check their lists", "[t
   REQUIRE_THROWS_WITH(fused_adamw_({params[0].to(at::kDouble)}, {grads[0]}, {bufs[0]}, {bufs[0]}, a, 1),
                       Catch::Contains("float32"));
   REQUIRE_THROWS_WITH(fused_adamw_(params, grads, bufs, bufs, a, 0), Catch::Contains("step counts from 1"));
+}
+
+TEST_CASE("gradient buckets: flatten and unflatten_ equal cat and scaled copies, and check their tensors",
+          "[tensor][buckets]") {
+  DeviceMesh m = mesh();
+  for (at::ScalarType dt : {at::kFloat, at::kHalf, at::kBFloat16, at::kLong}) {
+    INFO("dtype " << dt);
+    const std::vector<at::Tensor> local{(local_randn({5, 3}, 60) * 4).to(dt), (local_randn({7}, 61) * 4).to(dt),
+                                        (local_randn({1}, 62) * 4).to(dt), (local_randn({2, 2, 2}, 63) * 4).to(dt)};
+    std::vector<Tensor> ts;
+    for (const auto& t : local) ts.push_back(from_local(m, t));
+    Tensor flat = flatten(ts);
+    std::vector<at::Tensor> views;
+    for (const auto& t : local) views.push_back(t.reshape({-1}));
+    const at::Tensor cat = at::cat(views);
+    require_equal(flat, cat);
+    // Back into the tensors: a plain copy of every dtype, scaled where it can be.
+    Tensor doubled = flat + flat;
+    unflatten_(doubled, ts);
+    for (size_t i = 0; i < ts.size(); ++i) require_equal(ts[i], local[i] * 2);
+    if (dt != at::kLong) {
+      unflatten_(doubled, ts, 0.25);
+      // Powers of two: exact in every dtype.
+      for (size_t i = 0; i < ts.size(); ++i) require_equal(ts[i], (local[i].to(at::kFloat) * 0.5).to(dt));
+      unflatten_(doubled, ts, 0.3);
+      for (size_t i = 0; i < ts.size(); ++i) {
+        // float32 arithmetic, one rounding to the dtype.
+        require_equal(ts[i], ((local[i] * 2).to(at::kFloat) * 0.3f).to(dt));
+      }
+    } else {
+      REQUIRE_THROWS_WITH(unflatten_(doubled, ts, 0.5), Catch::Contains("scaling needs float32"));
+    }
+  }
+  TensorOptions f64;
+  f64.dtype = at::kDouble;
+  Tensor a = zeros(m, {3}), b = zeros(m, {4}, f64);
+  REQUIRE_THROWS_WITH(flatten({a, b}), Catch::Contains("tensors[1] is Double but tensors[0] is Float"));
+  REQUIRE_THROWS_WITH(flatten({}), Catch::Contains("flatten: no tensors"));
+  REQUIRE_THROWS_WITH(unflatten_(zeros(m, {5}), {a}), Catch::Contains("flat has sizes [5] but the tensors hold 3"));
 }
 
 TEST_CASE("remote functions from a plugin library", "[tensor][remote]") {
