@@ -97,6 +97,10 @@ class Communicator {
   class StatusExchange {
    public:
     virtual ~StatusExchange() = default;
+    // Called right after the collective it accompanies was issued (before
+    // anything that reads that collective's output is): NCCL issues the two
+    // as one group, one launch.
+    virtual void issued() {}
     virtual std::vector<uint8_t> finish() = 0;
   };
   virtual std::unique_ptr<StatusExchange> start_status_exchange(uint8_t mine) = 0;

@@ -112,6 +112,7 @@ class NcclCommunicator final : public Communicator {
     run("broadcast", [&] { return ncclBroadcast(in, out, count, nccl_type(t), root, comm_, stream_); });
   }
   void barrier() override {
+    close_status_group(open_slot_);
     run("barrier", [&] { return ncclAllReduce(scratch_, scratch_, 1, ncclInt32, ncclSum, comm_, stream_); });
     synchronize("barrier");
   }
@@ -158,8 +159,12 @@ class NcclCommunicator final : public Communicator {
    public:
     NcclStatus(NcclCommunicator& c, int slot, std::shared_ptr<StatusSlot> state)
         : c_(c), slot_(slot), state_(std::move(state)) {}
+    void issued() override { c_.close_status_group(slot_); }
     std::vector<uint8_t> finish() override {
-      if (!state_->done) c_.settle(slot_);
+      if (!state_->done) {
+        c_.close_status_group(slot_);
+        c_.settle(slot_);
+      }
       return state_->bytes;
     }
 
@@ -168,8 +173,11 @@ class NcclCommunicator final : public Communicator {
     const int slot_;
     std::shared_ptr<StatusSlot> state_;
   };
+  // The status all_gather opens an NCCL group that the collective joins;
+  // issued() closes it and queues the copy back.
   std::unique_ptr<StatusExchange> start_status_exchange(uint8_t mine) override {
     if (size_ + 1 > kStatusBytes) throw CommError("status exchange supports at most 63 ranks per NCCL group");
+    close_status_group(open_slot_);
     const int slot = next_slot_;
     next_slot_ = (next_slot_ + 1) % kStatusSlots;
     if (slots_[slot] && !slots_[slot]->done) settle(slot);
@@ -181,14 +189,26 @@ class NcclCommunicator final : public Communicator {
       h[0] = mine;
       check_cuda(cudaSetDevice(device_), "cudaSetDevice");
       check_cuda(cudaMemcpyAsync(d, h, 1, cudaMemcpyHostToDevice, stream_), "cudaMemcpyAsync");
+      enqueue("ncclGroupStart", [] { return ncclGroupStart(); });
+      open_slot_ = slot;
       enqueue("status exchange", [&] { return ncclAllGather(d, d + 1, 1, ncclUint8, comm_, stream_); });
-      check_cuda(cudaMemcpyAsync(h + 1, d + 1, static_cast<size_t>(size_), cudaMemcpyDeviceToHost, stream_),
-                 "cudaMemcpyAsync");
     });
     return std::make_unique<NcclStatus>(*this, slot, std::move(state));
   }
+  void close_status_group(int slot) {
+    if (slot < 0 || slot != open_slot_) return;
+    open_slot_ = -1;
+    guarded("status exchange", [&] {
+      enqueue("ncclGroupEnd", [] { return ncclGroupEnd(); });
+      auto* h = static_cast<uint8_t*>(host_) + slot * kStatusBytes;
+      auto* d = static_cast<char*>(scratch_) + kStatusBytes + slot * kStatusBytes;
+      check_cuda(cudaMemcpyAsync(h + 1, d + 1, static_cast<size_t>(size_), cudaMemcpyDeviceToHost, stream_),
+                 "cudaMemcpyAsync");
+    });
+  }
   // Reads slot `slot` once the stream has passed its copy back.
   void settle(int slot) {
+    close_status_group(slot);
     synchronize("status exchange");
     const auto* h = static_cast<const uint8_t*>(host_) + slot * kStatusBytes;
     slots_[slot]->bytes.assign(h + 1, h + 1 + size_);
@@ -197,6 +217,7 @@ class NcclCommunicator final : public Communicator {
 
   // Waits for the stream, polling NCCL for errors; aborts past the timeout.
   void synchronize(const char* what) {
+    close_status_group(open_slot_);
     guarded(what, [&] {
       const auto deadline = Clock::now() + timeout_;
       for (;;) {
@@ -270,6 +291,7 @@ class NcclCommunicator final : public Communicator {
   void* host_ = nullptr;     // pinned: the status slots
   std::shared_ptr<StatusSlot> slots_[kStatusSlots];
   int next_slot_ = 0;
+  int open_slot_ = -1;  // the slot whose NCCL group is still open
 };
 
 ncclConfig_t make_config() {
@@ -335,11 +357,16 @@ std::unique_ptr<Communicator> split_nccl(Communicator& parent, int color, int ke
   ncclComm_t comm = nullptr;
   const ncclResult_t r = ncclCommSplit(p->comm(), color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &comm, &config);
   try {
-    if (color < 0) {
-      p->wait_ready("ncclCommSplit");
-      return nullptr;
+    if (r != ncclSuccess && r != ncclInProgress) {
+      throw CommError(std::string("nccl ncclCommSplit: ") + ncclGetErrorString(r) + " (" + ncclGetLastError(p->comm()) +
+                      ")");
     }
-    wait_init(comm, r, options, "ncclCommSplit");
+    // Non-blocking: the new communicator's handle is filled in once the
+    // parent has finished the split; wait for the parent first.
+    p->wait_ready("ncclCommSplit");
+    if (color < 0) return nullptr;
+    if (!comm) throw CommError("nccl ncclCommSplit: no communicator came back");
+    wait_init(comm, ncclInProgress, options, "ncclCommSplit");
   } catch (const CommError& e) {
     p->abort(e.what());
     throw;

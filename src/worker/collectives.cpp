@@ -182,6 +182,8 @@ std::optional<std::string> Tensors::collective(const wire::Collective& m) {
 
   at::Tensor result;
   std::unique_ptr<collectives::Communicator::StatusExchange> status;
+  // Each case calls status->issued() right after its communication call,
+  // before anything reads the result.
   auto run = [&] {
     status = comm.start_status_exchange(upstream ? 1 : 0);
     switch (m.kind) {
@@ -190,12 +192,15 @@ std::optional<std::string> Tensors::collective(const wire::Collective& m) {
           const at::Tensor x = in.contiguous();
           result = at::empty_like(x, at::MemoryFormat::Contiguous);
           comm.all_reduce(x.data_ptr(), result.data_ptr(), static_cast<size_t>(x.numel()), *type, reduce);
+          status->issued();
         } else if (in.is_contiguous()) {
           comm.all_reduce(in.data_ptr(), in.data_ptr(), static_cast<size_t>(in.numel()), *type, reduce);
+          status->issued();
           result = in;
         } else {
           at::Tensor x = in.contiguous();
           comm.all_reduce(x.data_ptr(), x.data_ptr(), static_cast<size_t>(x.numel()), *type, reduce);
+          status->issued();
           in.copy_(x);
           result = in;
         }
@@ -210,6 +215,7 @@ std::optional<std::string> Tensors::collective(const wire::Collective& m) {
         block_sizes[0] /= n;
         at::Tensor block = at::empty(block_sizes, x.options());
         comm.reduce_scatter(x.data_ptr(), block.data_ptr(), static_cast<size_t>(block.numel()), *type, reduce);
+        status->issued();
         result = block.movedim(0, dim).contiguous();
         break;
       }
@@ -220,6 +226,7 @@ std::optional<std::string> Tensors::collective(const wire::Collective& m) {
         gathered_sizes.insert(gathered_sizes.end(), x.sizes().begin(), x.sizes().end());
         at::Tensor gathered = at::empty(gathered_sizes, x.options());
         comm.all_gather(x.data_ptr(), gathered.data_ptr(), static_cast<size_t>(x.numel()), *type);
+        status->issued();
         std::vector<int64_t> out_sizes = x.sizes().vec();
         out_sizes[static_cast<size_t>(dim)] *= n;
         result = gathered.movedim(0, dim).reshape(out_sizes).contiguous();
@@ -232,6 +239,7 @@ std::optional<std::string> Tensors::collective(const wire::Collective& m) {
         const at::Tensor x = in.movedim(split, 0).contiguous();
         at::Tensor received = at::empty_like(x);
         comm.all_to_all(x.data_ptr(), received.data_ptr(), static_cast<size_t>(x.numel() / n), *type);
+        status->issued();
         if (split == 0 && concat == 0) {  // the blocks arrive in place
           result = received;
           break;
@@ -247,9 +255,11 @@ std::optional<std::string> Tensors::collective(const wire::Collective& m) {
         const at::Tensor x = in.contiguous();
         result = at::empty_like(x, at::MemoryFormat::Contiguous);
         comm.broadcast(x.data_ptr(), result.data_ptr(), static_cast<size_t>(x.numel()), *type, static_cast<int>(m.a));
+        status->issued();
         break;
       }
       case CollectiveKind::kBarrier:
+        status->issued();
         comm.barrier();
         break;
     }

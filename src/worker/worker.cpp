@@ -690,6 +690,10 @@ int run_worker(const WorkerOptions& o) {
     die(o.rank, std::string("protocol error in the controller's stream: ") + e.what());
   } catch (const Error& e) {
     die(o.rank, std::string("lost the controller: ") + e.what());
+  } catch (const std::exception& e) {
+    // A CUDA error that poisons the device (a failed device-side assert)
+    // surfaces wherever the next call touches it: nothing here can go on.
+    die(o.rank, std::string("fatal: ") + e.what());
   }
   if (!shut_down) die(o.rank, "lost the controller: connection closed");
   write_side.stopping.store(true);

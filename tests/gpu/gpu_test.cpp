@@ -92,7 +92,8 @@ TEST_CASE("ops and fetch on a CUDA worker match local libtorch, in float32, floa
     REQUIRE(y.dtype() == dt);
     const at::Tensor got = y.fetch({0}).get(30s);
     REQUIRE(got.scalar_type() == dt);
-    require_close(got.to(at::kFloat), at::relu(x.matmul(w) + b), 3e-2, 3e-2);
+    // Rounded to 8 (bfloat16) or 11 (float16) bits on the way: loose.
+    require_close(got.to(at::kFloat), at::relu(x.matmul(w) + b), 3e-2, 0.15);
   }
 
   // Made on the worker: its own generator, seeded.
@@ -117,7 +118,7 @@ TEST_CASE("errors on a CUDA worker reach the controller with libtorch's and CUDA
   DeviceMesh m = c.mesh({{"x", 1}});
   // Found only on the worker: not positive-definite.
   Tensor a = from_local(m, -at::eye(4));
-  Tensor l = call_op("linalg_cholesky", "", {a}).at(0);
+  Tensor l = call_op("aten::linalg_cholesky", "", {a}).at(0);
   try {
     l.fetch({0}).get(30s);
     FAIL("fetch of a failed op returned");
