@@ -193,8 +193,11 @@ TEST_CASE("creation, seeds, coordinates, scatter", "[tensor][creation]") {
   m.manual_seed(42);
   auto same = randn(m, {8}).fetch_all();
   for (auto& s : same) REQUIRE(at::equal(s, same[0]));
-  at::manual_seed(42);
-  REQUIRE(at::equal(same[0], at::randn({8})));
+  if (controller().device(0) == "cpu") {
+    // The values a local CPU generator makes (a GPU's generator differs).
+    at::manual_seed(42);
+    REQUIRE(at::equal(same[0], at::randn({8})));
+  }
   // ...and per rank, different ones.
   m.manual_seed(42, true);
   auto diff = rand(m, {8}).fetch_all();
