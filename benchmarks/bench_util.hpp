@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <exception>
 #include <map>
 #include <string>
 #include <vector>
@@ -40,6 +41,17 @@ struct Options {
   std::string json;
   std::string device = "cpu";  // where the workers run: cpu or cuda
 };
+
+// A benchmark's main: run(argc, argv), its exceptions reported as one line.
+template <class Run>
+int guarded_main(const char* name, int argc, char** argv, Run run) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: %s\n", name, e.what());
+    return 1;
+  }
+}
 
 inline bool parse_options(int argc, char** argv, const char* name, Options& o) {
   for (int i = 1; i < argc; ++i) {

@@ -201,11 +201,4 @@ int run(int argc, char** argv) {
   return 0;
 }
 
-int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "nccl_bench: %s\n", e.what());
-    return 1;
-  }
-}
+int main(int argc, char** argv) { return guarded_main("nccl_bench", argc, argv, run); }

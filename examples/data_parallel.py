@@ -47,7 +47,8 @@ def main() -> int:
                     h = cx.gelu(h)
             loss = cx.cross_entropy(h, y)
             loss.backward()
-            flat = cx.all_reduce(cx.cat([p.grad().view([-1]) for p in params]), ["dp"], cx.Reduce.Avg)
+            flat = cx.flatten([p.grad() for p in params])  # one bucket, one op
+            cx.all_reduce_(flat, ["dp"], cx.Reduce.Avg)
             grads, at = [], 0
             for p in params:
                 n = p.numel()

@@ -1,6 +1,7 @@
 // Everything of Coxswain's public API in one include.
 #pragma once
 
+#include <cox/bucket.hpp>
 #include <cox/collectives.hpp>
 #include <cox/controller.hpp>
 #include <cox/errors.hpp>

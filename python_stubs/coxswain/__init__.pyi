@@ -258,6 +258,12 @@ def fused_sgd_momentum_(
 ) -> None:
     """One SGD-momentum step over every parameter in one op."""
 
+def flatten(tensors: List[Tensor]) -> Tensor:
+    """The tensors (one dtype, one mesh) one after another in a new 1-D tensor: a gradient bucket."""
+
+def unflatten_(flat: Tensor, tensors: List[Tensor], scale: float = 1.0) -> None:
+    """Copies `flat` back into `tensors` (as flatten laid them out), times `scale`."""
+
 class no_grad:
     """Disables gradient recording on the workers inside a `with` block."""
 

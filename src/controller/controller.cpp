@@ -360,12 +360,11 @@ void Controller::Impl::spawn_all() {
   for (auto& w : workers_) {
     std::vector<std::pair<std::string, std::string>> env;
     if (opts_.worker_env) env = opts_.worker_env(w->rank);
-    const bool chosen = std::getenv("OMP_NUM_THREADS") ||
-                        std::any_of(env.begin(), env.end(), [](const auto& kv) { return kv.first == "OMP_NUM_THREADS"; });
-    if (!chosen) env.emplace_back("OMP_NUM_THREADS", threads);
+    // Set here or in this process's environment: the user chose.
     auto set = [&](const char* name) {
       return std::getenv(name) || std::any_of(env.begin(), env.end(), [&](const auto& kv) { return kv.first == name; });
     };
+    if (!set("OMP_NUM_THREADS")) env.emplace_back("OMP_NUM_THREADS", threads);
     if (shared_gpus_) {
       // NCCL refuses two ranks of one host on one GPU; distinct host ids make
       // them look like separate hosts, which talk over loopback sockets.

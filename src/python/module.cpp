@@ -450,6 +450,8 @@ PYBIND11_MODULE(coxswain, m) {
       py::arg("params"), py::arg("grads"), py::arg("momentum_buffers"), py::kw_only(), py::arg("lr"),
       py::arg("momentum") = 0.9, py::arg("dampening") = 0.0, py::arg("weight_decay") = 0.0,
       py::arg("nesterov") = false, py::arg("first"));
+  m.def("flatten", &flatten, py::arg("tensors"));
+  m.def("unflatten_", &unflatten_, py::arg("flat"), py::arg("tensors"), py::arg("scale") = 1.0);
 
   py::class_<NoGrad>(m, "no_grad")
       .def(py::init<DeviceMesh>(), py::arg("mesh"))

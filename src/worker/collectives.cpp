@@ -325,17 +325,18 @@ class ReceivedStatus final : public collectives::Communicator::StatusExchange {
 
 }  // namespace
 
+Tensors::Comm& Tensors::comm_of(uint64_t id) {
+  auto it = comms_.find(id);
+  if (it == comms_.end()) throw ProtocolError(fmt::format("transfer on communicator {}, which was never set up", id));
+  return it->second;
+}
+
 // On GPUs: the sizes are known on both sides, so each send is a status byte
 // and the data (zeros when the source is an error value), all sends and the
 // receive in one NCCL group, on the communication stream.
 std::optional<std::string> Tensors::transfer_gpu(const wire::Transfer& m) {
   const auto dtype = static_cast<at::ScalarType>(m.dtype);
   const auto options = at::TensorOptions().dtype(dtype).device(device_);
-  auto comm_of = [&](uint64_t id) -> Comm& {
-    auto it = comms_.find(id);
-    if (it == comms_.end()) throw ProtocolError(fmt::format("transfer on communicator {}, which was never set up", id));
-    return it->second;
-  };
   std::shared_ptr<const Failure> upstream;
   at::Tensor src;
   if (m.src) {
@@ -434,11 +435,6 @@ std::optional<std::string> Tensors::transfer(const wire::Transfer& m) {
     upstream = s.failure;
     src = s.tensor;
   }
-  auto comm_of = [&](uint64_t id) -> Comm& {
-    auto it = comms_.find(id);
-    if (it == comms_.end()) throw ProtocolError(fmt::format("transfer on communicator {}, which was never set up", id));
-    return it->second;
-  };
 
   // Sends start first, so that two workers that swap shards cannot wait on
   // each other.

@@ -48,11 +48,9 @@ class Gpu {
   // the collective's output that the compute stream now uses.
   virtual void compute_after(const Event& e, const at::Tensor& t) = 0;
 
-  // Waits until `e` is done, polling `check` (which throws on a failed
-  // communicator) and failing with a Timeout-like error past `timeout`.
-  virtual void wait(const Event& e, const std::function<void()>& check, std::chrono::milliseconds timeout) = 0;
-  // Waits for everything issued on both streams (for sync); throws with
-  // CUDA's message on an asynchronous CUDA error.
+  // Waits for everything issued on both streams (for sync), polling `check`
+  // (which throws on a failed communicator); throws cox::Timeout past
+  // `timeout`, and with CUDA's message on an asynchronous CUDA error.
   virtual void synchronize(const std::function<void()>& check, std::chrono::milliseconds timeout) = 0;
 
   // Starts copying `t` (on the device) to pinned host memory; `done` runs on

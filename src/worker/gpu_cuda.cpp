@@ -39,7 +39,7 @@ class CudaEvent final : public Gpu::Event {
 void poll(cudaEvent_t e, const std::function<void()>& check_comms, std::chrono::milliseconds timeout,
           const char* what) {
   const auto deadline = Clock::now() + timeout;
-  for (auto pause = std::chrono::microseconds(2);; pause = std::min(pause * 2, std::chrono::microseconds(200))) {
+  for (auto pause = std::chrono::microseconds(2);; pause = std::min(pause * 2, std::chrono::microseconds(50))) {
     const cudaError_t q = cudaEventQuery(e);
     if (q == cudaSuccess) return;
     if (q != cudaErrorNotReady) check(q, what);
@@ -75,9 +75,9 @@ class CudaGpu final : public Gpu {
   void* comm_stream() override { return comm_.stream(); }
 
   void comm_after_compute() override {
-    CudaEvent& e = scratch_event();
-    check(cudaEventRecord(e.event, compute_.stream()), "cudaEventRecord");
-    check(cudaStreamWaitEvent(comm_.stream(), e.event, 0), "cudaStreamWaitEvent");
+    // An event recorded again later still orders the waits made before.
+    check(cudaEventRecord(scratch_.event, compute_.stream()), "cudaEventRecord");
+    check(cudaStreamWaitEvent(comm_.stream(), scratch_.event, 0), "cudaStreamWaitEvent");
   }
 
   std::shared_ptr<Event> on_comm(const std::function<void()>& f) override {
@@ -99,15 +99,10 @@ class CudaGpu final : public Gpu {
     if (t.defined() && t.is_cuda()) c10::cuda::CUDACachingAllocator::recordStream(t.storage().data_ptr(), compute_);
   }
 
-  void wait(const Event& e, const std::function<void()>& check_comms, std::chrono::milliseconds timeout) override {
-    poll(static_cast<const CudaEvent&>(e).event, check_comms, timeout, "wait");
-  }
-
   void synchronize(const std::function<void()>& check_comms, std::chrono::milliseconds timeout) override {
     for (const c10::cuda::CUDAStream& s : {comm_, compute_}) {
-      CudaEvent& e = scratch_event();
-      check(cudaEventRecord(e.event, s.stream()), "cudaEventRecord");
-      poll(e.event, check_comms, timeout, "sync");
+      check(cudaEventRecord(scratch_.event, s.stream()), "cudaEventRecord");
+      poll(scratch_.event, check_comms, timeout, "sync");
     }
     check(cudaGetLastError(), "sync");
   }
@@ -156,17 +151,12 @@ class CudaGpu final : public Gpu {
     }
   }
 
-  // One event reused for the waits that need no lifetime of their own (a
-  // stream may wait on an event that is recorded again later: the wait
-  // binds to the recording made before it).
-  CudaEvent& scratch_event() { return scratch_; }
-
   const c10::DeviceIndex index_;
   const std::function<void()> check_comms_;
   const std::chrono::milliseconds timeout_;
   c10::cuda::CUDAStream compute_;
   c10::cuda::CUDAStream comm_;
-  CudaEvent scratch_;
+  CudaEvent scratch_;  // for the waits that need no event of their own
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Pending> pending_;

@@ -48,16 +48,16 @@ Tensors::~Tensors() {
 }
 
 void Tensors::CommWatch::check() {
+#ifdef COX_HAVE_NCCL
   std::lock_guard<std::mutex> lk(mu);
   for (auto& [comm, ranks] : comms) {
     try {
-#ifdef COX_HAVE_NCCL
       collectives::check_nccl(*comm);
-#endif
     } catch (const std::exception& e) {
       throw CommFailure(e.what(), ranks);
     }
   }
+#endif
 }
 
 void Tensors::watch(collectives::Communicator* comm, const std::vector<int32_t>& ranks) {
@@ -65,15 +65,11 @@ void Tensors::watch(collectives::Communicator* comm, const std::vector<int32_t>&
   watch_->comms.emplace_back(comm, ranks);
 }
 
-void Tensors::abort_comms(const std::string& why) {
-  std::lock_guard<std::mutex> lk(watch_->mu);
-  for (auto& [comm, ranks] : watch_->comms) {
+void Tensors::abort_comms([[maybe_unused]] const std::string& why) {
 #ifdef COX_HAVE_NCCL
-    collectives::abort_nccl(*comm, why);
+  std::lock_guard<std::mutex> lk(watch_->mu);
+  for (auto& [comm, ranks] : watch_->comms) collectives::abort_nccl(*comm, why);
 #endif
-    (void)comm;
-    (void)why;
-  }
 }
 
 void Tensors::settle(Slot& s) {
@@ -254,7 +250,7 @@ std::string Tensors::describe_args(const wire::FrameView& f) const {
   return fmt::format("{}", fmt::join(parts, ", "));
 }
 
-void Tensors::reply_error(uint64_t request, const Failure& f) {
+wire::Reply Tensors::error_reply(uint64_t request, const Failure& f) {
   wire::Reply rep;
   rep.request = request;
   rep.ok = false;
@@ -265,8 +261,10 @@ void Tensors::reply_error(uint64_t request, const Failure& f) {
   w.put(static_cast<uint32_t>(f.peers.size()));
   for (int32_t p : f.peers) w.put(p);
   rep.payload.assign(payload.begin(), payload.end());
-  hooks_.reply(rep);
+  return rep;
 }
+
+void Tensors::reply_error(uint64_t request, const Failure& f) { hooks_.reply(error_reply(request, f)); }
 
 void Tensors::reply_metas(uint64_t request, const std::vector<at::Tensor>& outs) {
   wire::Reply rep;
@@ -306,31 +304,20 @@ void Tensors::fetch(const wire::Fetch& m) {
     auto reply = hooks_.reply_from_any_thread;
     try {
       gpu_->copy_to_host(s.tensor, [reply, request](const at::Tensor& host, std::exception_ptr error) {
-        wire::Reply rep;
-        rep.request = request;
-        std::vector<uint8_t> payload;
         if (error) {
           // A failed communicator names its members: the controller turns
           // that into WorkerLost when one of them is gone.
-          std::string message;
-          std::vector<int32_t> peers;
           try {
             std::rethrow_exception(error);
           } catch (const CommFailure& e) {
-            message = e.what();
-            peers = e.peers;
+            return reply(error_reply(request, Failure{"fetch", e.what(), e.peers}));
           } catch (const std::exception& e) {
-            message = message_of(e);
+            return reply(error_reply(request, Failure{"fetch", message_of(e)}));
           }
-          rep.ok = false;
-          Writer w(payload);
-          w.put_string(std::string("fetch"));
-          w.put_string(message);
-          w.put(static_cast<uint32_t>(peers.size()));
-          for (int32_t p : peers) w.put(p);
-        } else {
-          payload = fetch_payload(host);
         }
+        wire::Reply rep;
+        rep.request = request;
+        const std::vector<uint8_t> payload = fetch_payload(host);
         rep.payload.assign(payload.begin(), payload.end());
         reply(rep);
       });

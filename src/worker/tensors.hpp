@@ -131,9 +131,12 @@ class Tensors {
   void store(uint64_t id, at::Tensor t) { table_[id] = Slot{std::move(t), nullptr, nullptr}; }
   void fail(uint64_t id, std::shared_ptr<const Failure> f) { table_[id] = Slot{at::Tensor(), std::move(f), nullptr}; }
   void watch(collectives::Communicator* comm, const std::vector<int32_t>& ranks);
+  // A transfer's communicator (a ProtocolError when it was never set up).
+  Comm& comm_of(uint64_t id);
   // Aborts every NCCL communicator (after an asynchronous failure), so that
   // nothing on the device waits for them any longer.
   void abort_comms(const std::string& why);
+  static wire::Reply error_reply(uint64_t request, const Failure& f);
   void reply_error(uint64_t request, const Failure& f);
   std::string describe_args(const wire::FrameView& f) const;
   void reply_metas(uint64_t request, const std::vector<at::Tensor>& outs);

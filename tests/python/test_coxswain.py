@@ -71,6 +71,15 @@ def test_collectives(ctl):
     half0, half1 = mesh.slice("dp", 0), mesh.slice("dp", 1)
     v = cx.from_local(half0, torch.tensor([5.0])).to_mesh(half1)
     assert v.mesh == half1 and v.fetch([1]).item() == 5.0
+    # A gradient bucket: flatten, reduce in place, copy back averaged.
+    local = [torch.arange(6.0).view(2, 3), torch.tensor([7.0])]
+    parts = [cx.from_local(mesh, t) for t in local]
+    flat = cx.flatten(parts)
+    assert torch.equal(flat.fetch([0, 0]), torch.cat([t.view(-1) for t in local]))
+    cx.all_reduce_(flat, ["dp", "tp"])
+    cx.unflatten_(flat, parts, 0.25)
+    assert torch.equal(parts[0].fetch([1, 1]), local[0]) and parts[1].fetch([0, 1]).item() == 7.0
+    assert ctl.device(0) in ("cpu", "cuda:0")
 
 
 def test_errors(ctl):
