@@ -93,7 +93,19 @@ struct ControllerOptions {
   // A worker silent for this long is lost; a worker that hears nothing from
   // its controller for this long exits.
   std::chrono::milliseconds heartbeat_timeout{10000};
+  // The largest frame either side writes or accepts, in [4096, 2^32-1].
+  // It limits no transfer: tensors travel in chunks of at most 4 MiB (less
+  // when this is lower), and any other message above it in fragments.
   size_t max_frame_bytes = size_t{1} << 30;
+  // Backpressure. Sends never block the controller's I/O thread; a thread
+  // that issues work to a worker with more than send_buffer_bytes queued
+  // and unwritten (the worker is busy, paused or cut off) waits for room,
+  // and a from_local/scatter waits until its bytes are written, up to
+  // send_timeout, then gets cox::Timeout naming the worker and the bytes
+  // pending. Calls with their own timeout (sync, ping, get) wait at most
+  // that long instead.
+  size_t send_buffer_bytes = size_t{64} << 20;
+  std::chrono::milliseconds send_timeout{std::chrono::minutes(10)};
   // How long a collective (or a transfer, or setting up a communicator) may
   // wait for its peers on a worker before it fails there. A peer that dies
   // is noticed at once; this bounds the wait for one that hangs.

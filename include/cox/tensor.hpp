@@ -93,11 +93,21 @@ class COX_API TensorFuture {
   at::Tensor get(std::optional<std::chrono::milliseconds> timeout = std::nullopt);
 
   TensorFuture(std::shared_ptr<tensor::Engine> engine, uint64_t request, int rank);
+  TensorFuture(TensorFuture&& other) noexcept;
+  TensorFuture& operator=(TensorFuture&& other) noexcept;
+  TensorFuture(const TensorFuture&) = delete;
+  TensorFuture& operator=(const TensorFuture&) = delete;
+  // A future dropped before its value arrived releases the reply (now, or
+  // as it arrives): nothing is held for a fetch nobody reads.
+  ~TensorFuture();
 
  private:
+  void release() noexcept;
+
   std::shared_ptr<tensor::Engine> engine_;
   uint64_t request_;
   int rank_;
+  bool answered_ = false;  // the reply was taken (a value or an error)
   std::optional<at::Tensor> value_;
 };
 

@@ -2,14 +2,26 @@
 //
 // Threads: the caller's threads send and wait; one I/O thread (Asio) owns
 // the sockets, the child pipes and pidfds, the handshakes and the heartbeat
-// timer. State that both touch lives under mu_; waiters sleep on cv_ and
-// every waiter has a deadline or wakes when a worker is lost.
+// timer, and never waits on anything. State that both touch lives under
+// mu_; waiters sleep on cv_ and every waiter has a deadline or wakes when a
+// worker is lost.
+//
+// The work is split by concern:
+//   controller.cpp   public API, start-up and shutdown
+//   launch.cpp       local workers: devices, spawn, output pipes, exit
+//   acceptor.cpp     listening, accepting and the handshake
+//   supervision.cpp  messages from workers, heartbeats, loss
+//   rendezvous.cpp   the rendezvous of communicators
+//   waiting.cpp      sending with backpressure, sync, ping, requests and
+//                    their replies (fetches streamed into their tensors)
 #pragma once
 
 #include <cox/controller.hpp>
 
 #include "transport/channel.hpp"
 #include "wire/messages.hpp"
+
+#include <ATen/core/Tensor.h>
 
 #include <asio/basic_socket_acceptor.hpp>
 #include <asio/generic/stream_protocol.hpp>
@@ -26,17 +38,20 @@
 #include <optional>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
+#include <variant>
 
 namespace cox {
 namespace tensor {
 class Engine;
 // Cuts an engine off its controller (tensor/engine.cpp).
 void detach_engine(Engine& engine);
-}
+}  // namespace tensor
 
 class Controller::Impl {
  public:
   enum class Mode { kLocal, kAttach };
+  using Clock = std::chrono::steady_clock;
 
   Impl(ControllerOptions options, Mode mode);
   ~Impl();
@@ -49,7 +64,9 @@ class Controller::Impl {
 
   // --- the dispatch path: any thread ---
   // Appends already-encoded frames to a worker's ordered stream. Batched:
-  // the I/O thread flushes. Throws WorkerLost when the worker is gone.
+  // the I/O thread flushes. Throws WorkerLost when the worker is gone, and
+  // Timeout when more than send_buffer_bytes stayed queued for it past
+  // send_timeout (the caller's thread is the one that waits).
   inline void post(int rank, const uint8_t* data, size_t n);
   void post(int rank, const std::vector<uint8_t>& bytes) { post(rank, bytes.data(), bytes.size()); }
   // The same bytes to several workers: encoded once, copied per worker, and
@@ -79,17 +96,34 @@ class Controller::Impl {
   };
 
   // Like post(), but written at once when the stream is idle: for messages
-  // someone is about to wait on.
-  void post_now(int rank, const std::vector<uint8_t>& bytes);
+  // someone is about to wait on. Backpressure waits until `deadline`.
+  void post_now(int rank, const std::vector<uint8_t>& bytes, std::optional<Clock::time_point> deadline = std::nullopt);
+
+  // Streams a tensor to a worker: `put` (its header, with nbytes) and then
+  // [data, data+nbytes) in chunks within the frame limit. The bytes are
+  // borrowed while `keep` lives; returns the position to wait_sent() for
+  // before the caller may change or free them.
+  uint64_t post_tensor(int rank, const wire::Put& put, const uint8_t* data, std::shared_ptr<const void> keep);
+  // Waits until everything posted to `rank` up to `position` is written to
+  // its socket (Timeout after send_timeout, naming the bytes pending).
+  void wait_sent(int rank, uint64_t position, const char* what);
 
   void sync(std::optional<std::chrono::milliseconds> timeout);
   // Waits until every worker in `ranks` has processed everything sent to it.
   void sync_ranks(const std::vector<int>& ranks, std::optional<std::chrono::milliseconds> timeout);
 
-  // Requests and replies: a fresh id to put in a request, and the worker's
-  // reply to it (throws WorkerLost or Timeout).
+  // --- requests and their replies ---
+  // A fetched tensor, whole.
+  struct Fetched {
+    at::Tensor value;
+  };
+  using Reply = std::variant<Fetched, wire::MetaReply, wire::StatsReply, wire::Done, wire::Failed>;
+  // A fresh id to put in a request.
   uint64_t new_request_id() { return ++next_id_; }
-  wire::Reply wait_reply(int rank, uint64_t request, std::optional<std::chrono::milliseconds> timeout);
+  // The worker's reply to a request (throws WorkerLost or Timeout).
+  Reply wait_reply(int rank, uint64_t request, std::optional<std::chrono::milliseconds> timeout);
+  // Nobody will read this request's reply: drop it now, or when it comes.
+  void forget(uint64_t request) noexcept;
 
   // The tensor engine of this controller, created on first use.
   std::shared_ptr<tensor::Engine> engine();
@@ -112,9 +146,15 @@ class Controller::Impl {
   AttachInfo attach_info() const;
   // Connections refused during the handshake, and why (newest last).
   std::vector<std::string> rejected_connections() const;
+  // Bytes queued for a worker and not yet written to its socket.
+  size_t pending_bytes(int rank) const { return worker(rank).channel->pending(); }
+  // Replies held for requests, and requests whose reply will be dropped
+  // (for tests: once the replies are in, dropped futures leave none).
+  size_t held_replies() const;
 
  private:
   struct Worker;
+  struct Inbound;
   struct Handshake;
 
   Worker& worker(int rank) {
@@ -127,39 +167,47 @@ class Controller::Impl {
   }
   [[noreturn]] void bad_rank(int rank) const;
   [[noreturn]] void throw_lost(int rank) const;
+  // The caller's thread waits for room in a worker's queue (waiting.cpp).
+  void wait_for_room(Worker& w, Clock::time_point deadline, const char* what);
+  [[noreturn]] void send_timed_out(const Worker& w, const char* what, Clock::duration waited);
 
   // Schedules start_write() on the I/O thread for each channel.
   void wake(std::vector<std::shared_ptr<transport::Channel>>& channels);
 
-  // I/O thread.
+  // I/O thread: acceptor.cpp
   void listen();
   void accept_next();
   void begin_handshake(transport::Socket socket);
   void read_hello_reply(const std::shared_ptr<Handshake>& hs);
   void finish_handshake(const std::shared_ptr<Handshake>& hs, const wire::HelloReply& reply);
   void reject(const std::shared_ptr<Handshake>& hs, const std::string& reason, bool tell_peer);
-  void spawn_all();
+  // I/O thread: launch.cpp
   std::vector<std::string> plan_devices();
+  void spawn_all();
   void watch_child(Worker& w);
   void on_child_exit(Worker& w);
   void read_output(Worker& w, bool err);
   void on_output(Worker& w, bool err, const char* data, size_t n, bool eof);
-  void on_frames(Worker& w, const uint8_t* data, size_t n);
+  void kill_child(Worker& w);
+  // I/O thread: supervision.cpp
   void on_closed(Worker& w, const std::string& reason);
+  void start_heartbeats();
   void on_heartbeat_timer();
   void mark_lost(Worker& w, const std::string& reason);
-  void on_rendezvous(Worker& w, wire::Rendezvous m);
+  // I/O thread: rendezvous.cpp
+  void on_rendezvous(Worker& w, const wire::Rendezvous& m);
   // With mu_ held: the replies that fail a rendezvous, to send after.
   void fail_rendezvous_locked(uint64_t comm, const std::string& why,
                               std::vector<std::pair<int, std::vector<uint8_t>>>& out);
   void send_replies(std::vector<std::pair<int, std::vector<uint8_t>>>& out);
-  void kill_child(Worker& w);
+  // I/O thread: waiting.cpp. A reply arrived (kept unless forgotten).
+  void on_reply(uint64_t request, Reply reply);
 
   // Waits (caller's thread) until pred() or a worker in `ranks` (all when
   // empty) is lost, or the deadline; then throws for a loss, or returns
-  // false on timeout. Called with mu_ held.
+  // false on timeout. Called with mu_ held. (waiting.hpp)
   template <class Pred>
-  bool wait_for(std::unique_lock<std::mutex>& lk, std::optional<std::chrono::milliseconds> timeout,
+  bool wait_for(std::unique_lock<std::mutex>& lk, std::optional<Clock::time_point> deadline,
                 const std::vector<int>& ranks, Pred pred);
   void rethrow_first_error(std::unique_lock<std::mutex>& lk);
 
@@ -185,7 +233,8 @@ class Controller::Impl {
   bool shutting_down_ = false;
   bool shut_down_ = false;
   std::exception_ptr first_error_;  // first RemoteError since the last sync
-  std::unordered_map<uint64_t, wire::Reply> replies_;
+  std::unordered_map<uint64_t, Reply> replies_;
+  std::unordered_set<uint64_t> forgotten_;  // requests whose reply nobody will read
   std::shared_ptr<tensor::Engine> engine_;
   std::vector<std::string> rejected_;
   struct Rendezvous {
@@ -206,13 +255,23 @@ struct Controller::Impl::Worker final : transport::Channel::Handler {
   Worker(Impl& impl, int rank, asio::io_context& io)
       : impl(impl), rank(rank), stdout_pipe(io), stderr_pipe(io), pidfd(io), exit_timer(io), grace_timer(io) {}
 
-  void on_frames(const uint8_t* data, size_t n) override { impl.on_frames(*this, data, n); }
+  // supervision.cpp
+  void on_frame(const wire::FrameView& f) override;
+  void on_read_done() override;
   void on_closed(const std::string& reason) override { impl.on_closed(*this, reason); }
 
   Impl& impl;
   const int rank;
   std::shared_ptr<transport::Channel> channel;  // set once, before start() returns
   std::atomic<bool> lost_flag{false};
+
+  // I/O thread: fetches being received, by request.
+  struct Incoming {
+    at::Tensor value;  // empty when the reply is dropped as it comes
+    uint64_t nbytes = 0, received = 0;
+  };
+  std::unordered_map<uint64_t, Incoming> incoming;
+  bool wake = false;  // I/O thread: a waiter may have something new
 
   // Local workers (I/O thread).
   pid_t pid = -1;
@@ -222,7 +281,6 @@ struct Controller::Impl::Worker final : transport::Channel::Handler {
   asio::steady_timer grace_timer;  // connection closed: time for the exit status to arrive
   std::array<char, 4096> out_buf{}, err_buf{};
   std::string out_partial, err_partial;
-  bool pipes_open[2] = {false, false};
 
   // Under mu_.
   std::string device;  // reported at the handshake
@@ -238,12 +296,20 @@ struct Controller::Impl::Worker final : transport::Channel::Handler {
 void Controller::Impl::post(int rank, const uint8_t* data, size_t n) {
   Worker& w = worker(rank);
   if (__builtin_expect(w.lost_flag.load(std::memory_order_relaxed), 0)) throw_lost(rank);
+  if (__builtin_expect(w.channel->pending() > opts_.send_buffer_bytes, 0)) {
+    wait_for_room(w, Clock::now() + opts_.send_timeout, "sending work");
+  }
   w.channel->send(data, n);
 }
 
 void Controller::Impl::Batch::add(int rank, const uint8_t* data, size_t n) {
   Worker& w = impl_.worker(rank);
   if (__builtin_expect(w.lost_flag.load(std::memory_order_relaxed), 0)) impl_.throw_lost(rank);
+  if (__builtin_expect(w.channel->pending() > impl_.opts_.send_buffer_bytes, 0)) {
+    // What this batch queued must be on its way before anyone waits for room.
+    impl_.wake(wake_);
+    impl_.wait_for_room(w, Clock::now() + impl_.opts_.send_timeout, "sending work");
+  }
   if (w.channel->send_deferred(data, n)) wake_.push_back(w.channel);
 }
 

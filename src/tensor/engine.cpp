@@ -15,6 +15,13 @@ namespace {
 constexpr size_t kMaxCacheEntries = 1 << 16;
 }  // namespace
 using wire::Reader;
+
+namespace {
+// from_local of at most this many bytes per worker copies them into the
+// send queue and returns at once; larger ones are sent from the caller's
+// memory and wait until written.
+constexpr uint64_t kCopyPutBytes = uint64_t{1} << 20;
+}  // namespace
 using wire::Writer;
 
 // ---------------------------------------------------------------------------
@@ -444,7 +451,7 @@ std::vector<Tensor> Engine::call(const DeviceMesh& mesh, const OpInfo& op, const
     const bool* flag = nargs > 1 ? std::get_if<bool>(&args[1].value()) : nullptr;
     requires_grad = flag ? *flag : true;
   }
-  w.put(static_cast<uint16_t>(entry.outs.size()));
+  w.put(static_cast<uint32_t>(entry.outs.size()));  // wire::Op::outs
   uint32_t pending_index = 0;
   for (const OutSpec& o : entry.outs) {
     if (o.writes_arg >= 0) {
@@ -491,18 +498,18 @@ void Engine::resolve(PendingMeta& p) {
     std::lock_guard<std::mutex> lk(p.mu);
     if (p.resolved) return;
   }
-  wire::Reply reply = impl().wait_reply(p.rank, p.request, std::nullopt);
+  Controller::Impl::Reply reply = impl().wait_reply(p.rank, p.request, std::nullopt);
   std::lock_guard<std::mutex> lk(p.mu);
   if (p.resolved) return;
   p.resolved = true;
-  Reader r(reinterpret_cast<const uint8_t*>(reply.payload.data()), reply.payload.size(), "metadata reply");
-  if (!reply.ok) {
-    p.error_op = r.get_string("reply.op");
-    p.error = r.get_string("reply.message");
+  if (auto* f = std::get_if<wire::Failed>(&reply)) {
+    p.error_op = f->op;
+    p.error = f->message;
     return;
   }
-  const uint16_t n = r.get<uint16_t>("metadata.n");
-  for (uint16_t i = 0; i < n; ++i) p.metas.push_back(Meta::decode(r));
+  auto* m = std::get_if<wire::MetaReply>(&reply);
+  if (!m) throw ProtocolError(fmt::format("worker {} answered a metadata request with another kind of reply", p.rank));
+  for (const auto& meta : m->metas) p.metas.push_back(Meta::from_wire(meta));
   // Next time, this signature is known without asking.
   if (!p.cache_key.empty()) {
     std::lock_guard<std::recursive_mutex> clk(mu_);
@@ -586,23 +593,40 @@ Tensor Engine::put(const DeviceMesh& mesh, const std::vector<at::Tensor>& values
   auto t = std::make_shared<TensorImpl>(mesh, next_tensor_id_++);
   t->known = Meta::of(values[0].contiguous());
   t->requires_grad = requires_grad;
-  std::vector<uint8_t> frame;
+  // Streamed in chunks within the frame limit. A small value is copied into
+  // the queue and this returns at once; a large one is sent from the
+  // caller's memory (no copy, and controller memory that does not grow with
+  // it) and this returns once it is written, so that the caller may change
+  // it after.
+  std::vector<std::pair<int, uint64_t>> sent;
+  std::shared_ptr<const at::Tensor> shared;
   for (size_t i = 0; i < ranks.size(); ++i) {
-    const at::Tensor v = values.size() == 1 ? values[0] : values[i];
-    if (i == 0 || values.size() > 1) {
-      const at::Tensor c = v.contiguous().cpu();
-      wire::Put p;
-      p.id = t->id;
-      p.dtype = static_cast<uint8_t>(c.scalar_type());
-      p.requires_grad = requires_grad;
-      p.sizes.assign(c.sizes().begin(), c.sizes().end());
-      p.data.assign(static_cast<const char*>(c.data_ptr()), c.nbytes());
-      frame.clear();
-      wire::encode_frame(p, frame);
-    }
+    if (i == 0 || values.size() > 1) shared = std::make_shared<const at::Tensor>((values.size() == 1 ? values[0] : values[i]).contiguous().cpu());
+    const at::Tensor& c = *shared;
+    wire::Put p;
+    p.id = t->id;
+    p.dtype = static_cast<uint8_t>(c.scalar_type());
+    p.requires_grad = requires_grad;
+    p.sizes.assign(c.sizes().begin(), c.sizes().end());
+    p.nbytes = c.nbytes();
+    const auto* data = static_cast<const uint8_t*>(c.data_ptr());
     std::lock_guard<std::recursive_mutex> lk(mu_);
-    impl().post(ranks[i], frame.data(), frame.size());
+    if (p.nbytes <= kCopyPutBytes) {
+      std::vector<uint8_t> frames = wire::encode_frame(p);
+      const size_t chunk = wire::chunk_bytes(impl().options().max_frame_bytes);
+      for (uint64_t off = 0; off < p.nbytes; off += chunk) {
+        wire::PutData d;
+        d.id = p.id;
+        d.offset = off;
+        d.data = wire::Bytes{data + off, std::min<uint64_t>(chunk, p.nbytes - off)};
+        wire::encode_frame(d, frames);
+      }
+      impl().post(ranks[i], frames);
+    } else {
+      sent.emplace_back(ranks[i], impl().post_tensor(ranks[i], p, data, shared));
+    }
   }
+  for (auto [rank, position] : sent) impl().wait_sent(rank, position, "from_local");
   return Tensor(std::move(t));
 }
 
@@ -618,28 +642,22 @@ uint64_t Engine::fetch(int rank, uint64_t id) {
 }
 
 at::Tensor Engine::wait_fetch(int rank, uint64_t request, std::optional<std::chrono::milliseconds> timeout) {
-  wire::Reply reply = impl().wait_reply(rank, request, timeout);
-  Reader r(reinterpret_cast<const uint8_t*>(reply.payload.data()), reply.payload.size(), "fetch reply");
-  if (!reply.ok) {
-    std::string op = r.get_string("reply.op");
-    std::string message = r.get_string("reply.message");
+  Controller::Impl::Reply reply = impl().wait_reply(rank, request, timeout);
+  if (auto* f = std::get_if<wire::Failed>(&reply)) {
     // A communication failure names the workers it needed: when one of
     // them is gone (or goes within a heartbeat timeout), that is the error.
-    std::vector<int> peers;
-    if (r.remaining() >= sizeof(uint32_t)) {
-      const uint32_t n = r.get<uint32_t>("reply.peers");
-      for (uint32_t i = 0; i < n; ++i) peers.push_back(r.get<int32_t>("reply.peer"));
+    if (!f->peers.empty()) {
+      impl().await_loss(std::vector<int>(f->peers.begin(), f->peers.end()), impl().options().heartbeat_timeout);
     }
-    if (!peers.empty()) impl().await_loss(peers, impl().options().heartbeat_timeout);
-    throw RemoteError(rank, op, message);
+    throw RemoteError(rank, f->op, f->message);
   }
-  Meta m = Meta::decode(r);
-  std::string data = r.get_string("fetch.data");
-  at::Tensor out = at::empty(m.sizes, at::TensorOptions().dtype(m.dtype));
-  COX_INTERNAL_ASSERT(static_cast<size_t>(out.nbytes()) == data.size(), "fetched {} bytes for {}", data.size(),
-                      m.to_string());
-  std::memcpy(out.data_ptr(), data.data(), data.size());
-  return out;
+  auto* fetched = std::get_if<Controller::Impl::Fetched>(&reply);
+  if (!fetched) throw ProtocolError(fmt::format("worker {} answered a fetch with another kind of reply", rank));
+  return std::move(fetched->value);
+}
+
+void Engine::forget_fetch(uint64_t request) noexcept {
+  if (impl_) impl_->forget(request);
 }
 
 void Engine::backward(const Tensor& t, const Tensor& grad) {
@@ -697,8 +715,8 @@ void Engine::load_library(const DeviceMesh& mesh, const std::string& path) {
     requests.emplace_back(r, request);
   }
   for (auto [r, request] : requests) {
-    wire::Reply reply = impl().wait_reply(r, request, std::nullopt);
-    if (!reply.ok) throw RemoteError(r, "load_library('" + path + "')", reply.payload);
+    Controller::Impl::Reply reply = impl().wait_reply(r, request, std::nullopt);
+    if (auto* f = std::get_if<wire::Failed>(&reply)) throw RemoteError(r, "load_library('" + path + "')", f->message);
   }
 }
 
@@ -710,9 +728,10 @@ int64_t Engine::live_tensors(int rank) {
     flush_frees_locked(-1);
     impl().post_now(rank, wire::encode_frame(wire::Stats{request}));
   }
-  wire::Reply reply = impl().wait_reply(rank, request, std::nullopt);
-  Reader r(reinterpret_cast<const uint8_t*>(reply.payload.data()), reply.payload.size(), "stats reply");
-  return r.get<int64_t>("stats.live");
+  Controller::Impl::Reply reply = impl().wait_reply(rank, request, std::nullopt);
+  auto* stats = std::get_if<wire::StatsReply>(&reply);
+  if (!stats) throw ProtocolError(fmt::format("worker {} answered a stats request with another kind of reply", rank));
+  return stats->live;
 }
 
 void Engine::sync(const DeviceMesh& mesh, std::optional<std::chrono::milliseconds> timeout) {
@@ -739,10 +758,9 @@ void Engine::append_frees_locked(int rank, std::vector<uint8_t>& out) {
   if (frees_.empty()) return;
   auto& q = frees_[static_cast<size_t>(rank)];
   if (q.empty()) return;
-  wire::append_frame(out, wire::MsgType::kFree, [&](Writer& w) {
-    w.put(static_cast<uint32_t>(q.size()));
-    for (uint64_t id : q) w.put(id);
-  });
+  wire::Free f;
+  f.ids = wire::Ids{reinterpret_cast<const uint8_t*>(q.data()), static_cast<uint32_t>(q.size())};
+  wire::encode_frame(f, out);
   q.clear();
 }
 

@@ -7,8 +7,6 @@
 
 namespace cox::tensor {
 
-using wire::Reader;
-using wire::Writer;
 
 Meta Meta::of(const at::Tensor& t) {
   Meta m;
@@ -23,23 +21,27 @@ at::Tensor Meta::to_meta_tensor() const {
   return at::empty_strided(sizes, strides, at::TensorOptions().dtype(dtype).device(at::kMeta));
 }
 
-void Meta::encode(Writer& w) const {
-  w.put(static_cast<uint8_t>(dtype));
-  w.put(static_cast<uint16_t>(sizes.size()));
-  for (auto s : sizes) w.put(s);
-  for (auto s : strides) w.put(s);
-  w.put(storage_offset);
+wire::TensorMeta Meta::to_wire() const {
+  wire::TensorMeta m;
+  m.dtype = static_cast<uint8_t>(dtype);
+  m.sizes.assign(sizes.begin(), sizes.end());
+  m.strides.assign(strides.begin(), strides.end());
+  m.storage_offset = storage_offset;
+  return m;
 }
 
-Meta Meta::decode(Reader& r) {
+Meta Meta::from_wire(const wire::TensorMeta& w) {
+  if (w.dtype >= static_cast<uint8_t>(at::ScalarType::NumOptions)) {
+    throw ProtocolError(fmt::format("tensor metadata with unknown dtype {}", w.dtype));
+  }
+  if (w.sizes.size() != w.strides.size()) {
+    throw ProtocolError(fmt::format("tensor metadata with {} sizes and {} strides", w.sizes.size(), w.strides.size()));
+  }
   Meta m;
-  m.dtype = static_cast<at::ScalarType>(r.get<uint8_t>("meta.dtype"));
-  const uint16_t n = r.get<uint16_t>("meta.ndim");
-  m.sizes.resize(n);
-  m.strides.resize(n);
-  for (auto& s : m.sizes) s = r.get<int64_t>("meta.size");
-  for (auto& s : m.strides) s = r.get<int64_t>("meta.stride");
-  m.storage_offset = r.get<int64_t>("meta.storage_offset");
+  m.dtype = static_cast<at::ScalarType>(w.dtype);
+  m.sizes.assign(w.sizes.begin(), w.sizes.end());
+  m.strides.assign(w.strides.begin(), w.strides.end());
+  m.storage_offset = w.storage_offset;
   return m;
 }
 

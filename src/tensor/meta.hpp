@@ -2,7 +2,7 @@
 // sizes, strides, storage offset.
 #pragma once
 
-#include "wire/codec.hpp"
+#include "wire/messages.hpp"
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/SmallVector.h>
@@ -19,8 +19,8 @@ struct Meta {
 
   static Meta of(const at::Tensor& t);
   at::Tensor to_meta_tensor() const;
-  void encode(wire::Writer& w) const;
-  static Meta decode(wire::Reader& r);
+  wire::TensorMeta to_wire() const;
+  static Meta from_wire(const wire::TensorMeta& m);
   std::string to_string() const;  // "float[8, 16]"
 };
 

@@ -104,8 +104,44 @@ DeviceMesh Controller::mesh(const std::vector<std::pair<std::string, int64_t>>& 
 TensorFuture::TensorFuture(std::shared_ptr<Engine> engine, uint64_t request, int rank)
     : engine_(std::move(engine)), request_(request), rank_(rank) {}
 
+TensorFuture::TensorFuture(TensorFuture&& other) noexcept
+    : engine_(std::move(other.engine_)), request_(other.request_), rank_(other.rank_), answered_(other.answered_),
+      value_(std::move(other.value_)) {
+  other.engine_ = nullptr;
+}
+
+TensorFuture& TensorFuture::operator=(TensorFuture&& other) noexcept {
+  if (this != &other) {
+    release();
+    engine_ = std::move(other.engine_);
+    request_ = other.request_;
+    rank_ = other.rank_;
+    answered_ = other.answered_;
+    value_ = std::move(other.value_);
+    other.engine_ = nullptr;
+  }
+  return *this;
+}
+
+TensorFuture::~TensorFuture() { release(); }
+
+void TensorFuture::release() noexcept {
+  if (engine_ && !answered_) engine_->forget_fetch(request_);
+  engine_ = nullptr;
+}
+
 at::Tensor TensorFuture::get(std::optional<std::chrono::milliseconds> timeout) {
-  if (!value_) value_ = engine_->wait_fetch(rank_, request_, timeout);
+  if (value_) return *value_;
+  COX_CHECK_ARG(engine_ != nullptr, "get(): this TensorFuture was moved from");
+  try {
+    value_ = engine_->wait_fetch(rank_, request_, timeout);
+  } catch (const Timeout&) {
+    throw;  // the reply may still come: a later get() can take it
+  } catch (...) {
+    answered_ = true;
+    throw;
+  }
+  answered_ = true;
   return *value_;
 }
 

@@ -1,24 +1,28 @@
-// Channel: batched writes, direct writes when idle, frame-checked reads.
+// Channel: two lanes, slice-by-slice writes, direct writes when idle,
+// frame-checked reads that put fragments back together.
 #include "transport/channel.hpp"
 
 #include <asio/post.hpp>
 #include <asio/write.hpp>
 
-#include <poll.h>
 #include <sys/socket.h>
 
 #include <algorithm>
 #include <cerrno>
-#include <thread>
 #include <cstring>
 
 namespace cox::transport {
 namespace {
 
+using Clock = std::chrono::steady_clock;
+
 constexpr size_t kReadChunk = 256 * 1024;
-// A sender blocks while this much is waiting to be written: a peer that stops
-// reading cannot make the controller's memory grow without bound.
-constexpr size_t kHighWater = 256 * 1024 * 1024;
+// Small frames are batched into items of up to this many bytes.
+constexpr size_t kBatchBytes = 256 * 1024;
+// Data written per write operation, at most (one message more, when a
+// fragmented message must not be split by a control frame): the longest a
+// control frame waits.
+constexpr size_t kWriteSlice = size_t{4} << 20;
 
 // One non-blocking send; returns bytes written, 0 when the socket is full,
 // -1 on an error (left for the I/O thread to report).
@@ -35,8 +39,8 @@ ssize_t send_some(int fd, const uint8_t* p, size_t n) {
 }  // namespace
 
 Channel::Channel(Socket socket, size_t max_frame, Handler* handler)
-    : socket_(std::move(socket)), scanner_(max_frame), handler_(handler), in_(kReadChunk),
-      last_receive_(std::chrono::steady_clock::now()) {}
+    : socket_(std::move(socket)), max_frame_(max_frame), scanner_(max_frame), handler_(handler), in_(kReadChunk),
+      last_receive_(Clock::now().time_since_epoch().count()) {}
 
 Channel::~Channel() = default;
 
@@ -47,58 +51,170 @@ bool Channel::closed() const {
   return closed_;
 }
 
-void Channel::send(const uint8_t* data, size_t n) {
-  if (enqueue(data, n, false)) schedule_write();
+// --- sending -----------------------------------------------------------------------
+
+void Channel::append_locked(const uint8_t* data, size_t n, bool ends_message) {
+  queued_.fetch_add(n, std::memory_order_relaxed);
+  if (!data_.empty()) {
+    Item& back = data_.back();
+    if (!back.tail && back.ends_message && ends_message && back.bytes.size() + n <= kBatchBytes) {
+      back.bytes.insert(back.bytes.end(), data, data + n);
+      return;
+    }
+  }
+  Item it;
+  it.bytes.assign(data, data + n);
+  it.ends_message = ends_message;
+  data_.push_back(std::move(it));
 }
 
-void Channel::send_now(const uint8_t* data, size_t n) {
-  if (enqueue(data, n, true)) schedule_write();
+bool Channel::enqueue_locked(const uint8_t* data, size_t n) {
+  if (closed_) return false;
+  if (n <= max_frame_ + wire::kFrameHeaderBytes) {
+    // Every frame in so few bytes is within the limit.
+    append_locked(data, n, true);
+  } else {
+    wire::split_frames(
+        data, n, max_frame_, [&](const uint8_t* p, size_t k) { append_locked(p, k, true); },
+        [&](const std::array<uint8_t, wire::kFragmentOverhead>& head, const uint8_t* piece, size_t k, bool last) {
+          Item it;
+          it.bytes.reserve(head.size() + k);
+          it.bytes.assign(head.begin(), head.end());
+          it.bytes.insert(it.bytes.end(), piece, piece + k);
+          it.ends_message = last;  // no control frame between the pieces of one message
+          queued_.fetch_add(it.bytes.size(), std::memory_order_relaxed);
+          data_.push_back(std::move(it));
+        });
+  }
+  if (!needs_write_locked()) return false;
+  flush_posted_ = true;
+  return true;
 }
 
-bool Channel::send_deferred(const uint8_t* data, size_t n) { return enqueue(data, n, false); }
+uint64_t Channel::send(const uint8_t* data, size_t n) {
+  std::unique_lock<std::mutex> lk(mu_);
+  const bool wake = enqueue_locked(data, n);
+  const uint64_t pos = queued_.load(std::memory_order_relaxed);
+  lk.unlock();
+  if (wake) schedule_write();
+  return pos;
+}
+
+bool Channel::send_deferred(const uint8_t* data, size_t n) {
+  std::lock_guard<std::mutex> lk(mu_);
+  return enqueue_locked(data, n);
+}
+
+uint64_t Channel::send_now(const uint8_t* data, size_t n) {
+  std::unique_lock<std::mutex> lk(mu_);
+  if (closed_) return queued_.load(std::memory_order_relaxed);
+  if (writing_ || flush_posted_ || !data_.empty() || !control_.empty() || n > max_frame_ + wire::kFrameHeaderBytes) {
+    const bool wake = enqueue_locked(data, n);
+    const uint64_t pos = queued_.load(std::memory_order_relaxed);
+    lk.unlock();
+    if (wake) schedule_write();
+    return pos;
+  }
+  // Idle: write from this thread, holding the lock so that the I/O thread
+  // cannot start a write meanwhile.
+  const ssize_t w = send_some(socket_.native_handle(), data, n);
+  queued_.fetch_add(n, std::memory_order_relaxed);
+  const uint64_t pos = queued_.load(std::memory_order_relaxed);
+  if (w == static_cast<ssize_t>(n)) {
+    written_.fetch_add(n, std::memory_order_relaxed);
+    return pos;
+  }
+  // The rest (or all, after an error the I/O thread will report) goes first.
+  const size_t done = w > 0 ? static_cast<size_t>(w) : 0;
+  written_.fetch_add(done, std::memory_order_relaxed);
+  Item it;
+  it.bytes.assign(data + done, data + n);
+  data_.push_front(std::move(it));
+  resume_first_ = done > 0;
+  flush_posted_ = true;
+  lk.unlock();
+  schedule_write();
+  return pos;
+}
+
+uint64_t Channel::send_borrowed(const uint8_t* head, size_t head_len, const uint8_t* tail, size_t tail_len,
+                                std::shared_ptr<const void> keep) {
+  std::unique_lock<std::mutex> lk(mu_);
+  if (closed_) return queued_.load(std::memory_order_relaxed);
+  Item it;
+  it.bytes.assign(head, head + head_len);
+  it.tail = tail;
+  it.tail_len = tail_len;
+  it.keep = std::move(keep);
+  queued_.fetch_add(it.size(), std::memory_order_relaxed);
+  data_.push_back(std::move(it));
+  const uint64_t pos = queued_.load(std::memory_order_relaxed);
+  const bool wake = needs_write_locked();
+  if (wake) flush_posted_ = true;
+  lk.unlock();
+  if (wake) schedule_write();
+  return pos;
+}
+
+void Channel::send_control(const uint8_t* data, size_t n) {
+  std::unique_lock<std::mutex> lk(mu_);
+  if (closed_) return;
+  if (!control_.empty()) {
+    control_.back().bytes.insert(control_.back().bytes.end(), data, data + n);
+  } else {
+    Item it;
+    it.bytes.assign(data, data + n);
+    control_.push_back(std::move(it));
+  }
+  const bool wake = needs_write_locked();
+  if (wake) flush_posted_ = true;
+  lk.unlock();
+  if (wake) schedule_write();
+}
 
 void Channel::schedule_write() {
   asio::post(socket_.get_executor(), [self = shared_from_this()] { self->start_write(); });
 }
 
-// Appends; returns true when the caller must schedule start_write() on the
-// I/O thread (the channel was idle and nothing is scheduled yet).
-bool Channel::enqueue(const uint8_t* data, size_t n, bool now) {
-  std::unique_lock<std::mutex> lk(mu_);
-  if (pending_.size() > kHighWater) {
-    ++blocked_senders_;
-    drained_.wait(lk, [&] { return closed_ || pending_.size() <= kHighWater; });
-    --blocked_senders_;
-  }
-  if (closed_) return false;
-  pending_.insert(pending_.end(), data, data + n);
-  if (writing_ || flush_posted_) return false;  // the write in progress picks it up
-  if (now) {
-    ssize_t w = send_some(socket_.native_handle(), pending_.data(), pending_.size());
-    if (w == static_cast<ssize_t>(pending_.size())) {
-      pending_.clear();
-      return false;
-    }
-    if (w > 0) pending_.erase(pending_.begin(), pending_.begin() + w);
-  }
-  flush_posted_ = true;
-  return true;
-}
-
 void Channel::start_write() {
   std::unique_lock<std::mutex> lk(mu_);
   flush_posted_ = false;
-  if (writing_ || closed_ || pending_.empty()) return;
+  if (writing_ || closed_ || (control_.empty() && data_.empty())) return;
   write_out(lk);
 }
 
-// Moves pending_ to out_ and writes it asynchronously. Called with mu_ held.
+// Takes the next slice: the rest of a partly written frame, every control
+// frame, then data up to the slice size (never stopping inside a fragmented
+// message). Called with mu_ held; releases it.
 void Channel::write_out(std::unique_lock<std::mutex>& lk) {
   writing_ = true;
-  out_.swap(pending_);
-  if (blocked_senders_) drained_.notify_all();
+  inflight_.clear();
+  inflight_data_ = 0;
+  auto take_data = [&] {
+    inflight_data_ += data_.front().size();
+    inflight_.push_back(std::move(data_.front()));
+    data_.pop_front();
+  };
+  if (resume_first_) {
+    take_data();
+    resume_first_ = false;
+  }
+  while (!control_.empty()) {
+    inflight_.push_back(std::move(control_.front()));
+    control_.pop_front();
+  }
+  bool at_boundary = true;
+  while (!data_.empty() && (inflight_data_ < kWriteSlice || !at_boundary)) {
+    at_boundary = data_.front().ends_message;
+    take_data();
+  }
+  buffers_.clear();
+  for (const Item& it : inflight_) {
+    if (!it.bytes.empty()) buffers_.emplace_back(it.bytes.data(), it.bytes.size());
+    if (it.tail_len) buffers_.emplace_back(it.tail, it.tail_len);
+  }
   lk.unlock();
-  asio::async_write(socket_, asio::buffer(out_),
+  asio::async_write(socket_, buffers_,
                     [self = shared_from_this()](const std::error_code& ec, size_t) { self->on_written(ec); });
 }
 
@@ -107,42 +223,61 @@ void Channel::on_written(const std::error_code& ec) {
     fail("write failed: " + ec.message());
     return;
   }
+  std::vector<Item> done;
   std::unique_lock<std::mutex> lk(mu_);
-  out_.clear();
+  written_.fetch_add(inflight_data_, std::memory_order_relaxed);
+  done.swap(inflight_);
   writing_ = false;
-  if (!closed_ && !pending_.empty()) {
+  const bool notify = waiters_ > 0;
+  if (!closed_ && (!control_.empty() || !data_.empty())) {
     write_out(lk);
-  } else if (blocked_senders_) {
-    drained_.notify_all();
+  } else {
+    lk.unlock();
   }
+  if (notify) progress_.notify_all();
+  // `done` releases borrowed buffers here, outside the lock.
+}
+
+// --- waiting ------------------------------------------------------------------------
+
+Channel::Wait Channel::wait_pending_below(size_t limit, Clock::time_point deadline) {
+  if (pending() <= limit) return Wait::kOk;
+  std::unique_lock<std::mutex> lk(mu_);
+  ++waiters_;
+  const bool ok = progress_.wait_until(lk, deadline, [&] { return closed_ || pending() <= limit; });
+  --waiters_;
+  if (closed_) return Wait::kClosed;
+  return ok ? Wait::kOk : Wait::kTimeout;
+}
+
+Channel::Wait Channel::wait_written(uint64_t position, Clock::time_point deadline) {
+  if (written_.load(std::memory_order_relaxed) >= position) return Wait::kOk;
+  std::unique_lock<std::mutex> lk(mu_);
+  ++waiters_;
+  const bool ok = progress_.wait_until(
+      lk, deadline, [&] { return closed_ || written_.load(std::memory_order_relaxed) >= position; });
+  --waiters_;
+  if (written_.load(std::memory_order_relaxed) >= position) return Wait::kOk;
+  if (closed_) return Wait::kClosed;
+  return ok ? Wait::kOk : Wait::kTimeout;
 }
 
 bool Channel::flush_blocking(std::chrono::milliseconds timeout) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  const auto deadline = Clock::now() + timeout;
   std::unique_lock<std::mutex> lk(mu_);
-  // Wait for an asynchronous write in progress, then write the rest here,
-  // holding the lock so that the I/O thread cannot start another.
-  ++blocked_senders_;
-  const bool idle = drained_.wait_until(lk, deadline, [&] { return closed_ || !writing_; });
-  --blocked_senders_;
-  if (!idle) return false;
-  if (closed_) return false;
-  const int fd = socket_.native_handle();
-  size_t done = 0;
-  while (done < pending_.size()) {
-    ssize_t w = send_some(fd, pending_.data() + done, pending_.size() - done);
-    if (w < 0) return false;
-    done += static_cast<size_t>(w);
-    if (w == 0) {
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-      if (left.count() <= 0) return false;
-      pollfd p{fd, POLLOUT, 0};
-      ::poll(&p, 1, static_cast<int>(left.count()));
-    }
-  }
-  pending_.clear();
-  return true;
+  const bool wake = (!data_.empty() || !control_.empty()) && needs_write_locked();
+  if (wake) flush_posted_ = true;
+  ++waiters_;
+  lk.unlock();
+  if (wake) schedule_write();
+  lk.lock();
+  const bool ok = progress_.wait_until(
+      lk, deadline, [&] { return closed_ || (data_.empty() && control_.empty() && !writing_); });
+  --waiters_;
+  return ok && !closed_;
 }
+
+// --- reading ------------------------------------------------------------------------
 
 void Channel::read_more() {
   if (in_.size() - in_len_ < kReadChunk / 4) in_.resize(std::max(in_.size() * 2, in_len_ + kReadChunk));
@@ -157,13 +292,19 @@ void Channel::on_read(const std::error_code& ec, size_t n) {
     return;
   }
   in_len_ += n;
-  last_receive_ = std::chrono::steady_clock::now();
+  last_receive_.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed);
   size_t need = 0;
   try {
-    const size_t used = scanner_.scan(in_.data(), in_len_, [](const wire::FrameView&) {}, &need);
+    const size_t used = scanner_.scan(
+        in_.data(), in_len_,
+        [&](const wire::FrameView& f) {
+          if (failed_) return;
+          if (auto whole = assembler_.feed(f)) handler_->on_frame(*whole);
+        },
+        &need);
+    if (failed_) return;
+    handler_->on_read_done();
     if (used) {
-      handler_->on_frames(in_.data(), used);
-      if (failed_) return;
       std::memmove(in_.data(), in_.data() + used, in_len_ - used);
       in_len_ -= used;
     }
@@ -184,7 +325,7 @@ void Channel::fail(const std::string& reason) {
     std::lock_guard<std::mutex> lk(mu_);
     closed_ = true;
   }
-  drained_.notify_all();
+  progress_.notify_all();
   std::error_code ignored;
   socket_.shutdown(asio::socket_base::shutdown_both, ignored);
   socket_.close(ignored);

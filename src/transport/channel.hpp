@@ -1,12 +1,23 @@
-// Channel: one authenticated, ordered, batched byte stream to a peer.
+// Channel: one authenticated, ordered, batched byte stream to a peer, with a
+// control lane that no data backlog can hold up.
 //
-// Any thread may send(). Bytes are appended to a pending buffer; the I/O
-// thread is woken only when the buffer goes from idle to non-empty, so a
-// burst of messages costs one wake-up and one write, not a syscall each.
-// send_now() is for messages someone waits on (sync, ping): when no write is
-// in flight it writes from the calling thread at once, saving the hop to the
-// I/O thread. Reads run on the I/O thread; whole, checked frames go to the
-// Handler.
+// Threads. Any thread may send; none ever waits inside a send. Sends append
+// to a queue and the I/O thread (Asio) writes it out. A thread that must
+// not run ahead of the peer (the user's thread issuing work, a worker
+// streaming a large reply) waits explicitly, with a deadline, in
+// wait_pending_below() or wait_written(). Reads run on the I/O thread and
+// hand whole, checked frames (fragments put back together) to the Handler.
+//
+// Lanes. Data frames (ops, tensor chunks, replies) keep their order.
+// Control frames (heartbeats, rendezvous replies, and later loss notices
+// and aborts) go out ahead of every data frame not yet written: the writer
+// lets them in between messages, and writes data in slices of at most a
+// few MiB, so a control frame waits for at most one slice, never for a
+// backlog.
+//
+// Limits. No frame above the peer's limit is ever written: a larger message
+// is cut into wire::Fragment frames here, and tensor data is sent in chunks
+// by its callers (wire::chunk_bytes).
 #pragma once
 
 #include "wire/messages.hpp"
@@ -14,8 +25,10 @@
 #include <asio/generic/stream_protocol.hpp>
 #include <asio/io_context.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -29,43 +42,95 @@ class Channel : public std::enable_shared_from_this<Channel> {
  public:
   struct Handler {
     virtual ~Handler() = default;
-    // I/O thread: [data, data+n) holds whole frames of known types within
-    // the size limit. Throwing cox::ProtocolError closes the channel.
-    virtual void on_frames(const uint8_t* data, size_t n) = 0;
+    // I/O thread: one whole frame of a known type within the size limit
+    // (a fragmented message arrives whole). The view is valid during the
+    // call. Throwing cox::ProtocolError closes the channel.
+    virtual void on_frame(const wire::FrameView& f) = 0;
+    // I/O thread: the frames of one read have all been delivered.
+    virtual void on_read_done() {}
     // I/O thread, once: the channel is closed (peer closed it, an I/O error,
     // a protocol error, or close()).
     virtual void on_closed(const std::string& reason) = 0;
   };
 
+  // `max_frame` bounds frames both ways (the session's max_frame_bytes).
   Channel(Socket socket, size_t max_frame, Handler* handler);
   ~Channel();
 
   // I/O thread: starts reading.
   void start();
-  // Any thread. Bytes sent after close() are dropped.
-  void send(const uint8_t* data, size_t n);
-  void send(const std::vector<uint8_t>& bytes) { send(bytes.data(), bytes.size()); }
-  void send_now(const uint8_t* data, size_t n);
-  void send_now(const std::vector<uint8_t>& bytes) { send_now(bytes.data(), bytes.size()); }
-  // Appends without waking the I/O thread; returns true when the caller
-  // must call start_write() there (once, for any number of sends). Lets a
-  // message to many workers cost one wake-up instead of one per worker.
+
+  // --- sending: any thread, never blocks; bytes sent after close() are dropped ---
+  // Whole frames on the data lane, batched with what is queued; a frame
+  // above the limit is fragmented. Returns the data lane's position after
+  // these bytes (see wait_written).
+  uint64_t send(const uint8_t* data, size_t n);
+  uint64_t send(const std::vector<uint8_t>& bytes) { return send(bytes.data(), bytes.size()); }
+  // As send(), but written at once from the calling thread when nothing is
+  // queued or being written: for messages someone is about to wait on.
+  uint64_t send_now(const uint8_t* data, size_t n);
+  uint64_t send_now(const std::vector<uint8_t>& bytes) { return send_now(bytes.data(), bytes.size()); }
+  // One frame on the data lane whose tail is borrowed, not copied: `head`
+  // holds the frame's first bytes (length, type, fields) and `tail` the
+  // rest, which must stay valid and unchanged while `keep` lives and until
+  // it is written (wait_written). The frame must be within the limit.
+  uint64_t send_borrowed(const uint8_t* head, size_t head_len, const uint8_t* tail, size_t tail_len,
+                         std::shared_ptr<const void> keep);
+  // Whole frames on the control lane: ahead of every data frame not yet
+  // written. Each must be within the limit.
+  void send_control(const uint8_t* data, size_t n);
+  void send_control(const std::vector<uint8_t>& bytes) { send_control(bytes.data(), bytes.size()); }
+  // Appends to the data lane without waking the I/O thread; returns true
+  // when the caller must call start_write() there (once, for any number of
+  // sends). Lets a message to many workers cost one wake-up, not one each.
   bool send_deferred(const uint8_t* data, size_t n);
-  // I/O thread: writes what is pending.
+
+  // --- waiting: user threads (never the I/O thread) ---
+  enum class Wait { kOk, kClosed, kTimeout };
+  // Until at most `limit` bytes of data are queued and unwritten.
+  Wait wait_pending_below(size_t limit, std::chrono::steady_clock::time_point deadline);
+  // Until the data lane has been written up to `position`.
+  Wait wait_written(uint64_t position, std::chrono::steady_clock::time_point deadline);
+  // Data bytes queued and not yet written.
+  size_t pending() const noexcept {
+    return static_cast<size_t>(queued_.load(std::memory_order_relaxed) - written_.load(std::memory_order_relaxed));
+  }
+  // Data bytes written so far (a waiter tells progress from a stall by it).
+  uint64_t written() const noexcept { return written_.load(std::memory_order_relaxed); }
+
+  // I/O thread: writes what is queued.
   void start_write();
-  // Any thread: writes everything pending from the calling thread, blocking
-  // until done or `timeout` passes; for a process about to exit.
+  // Any thread but the I/O thread: waits until everything queued is
+  // written, or `timeout` passes; for a process about to exit.
   bool flush_blocking(std::chrono::milliseconds timeout);
   // I/O thread: closes the socket; on_closed(reason) follows.
   void close(const std::string& reason);
 
   bool closed() const;
-  // I/O thread: when bytes last arrived.
-  std::chrono::steady_clock::time_point last_receive() const noexcept { return last_receive_; }
+  size_t max_frame() const noexcept { return max_frame_; }
+  // When bytes last arrived (any thread).
+  std::chrono::steady_clock::time_point last_receive() const noexcept {
+    return std::chrono::steady_clock::time_point(
+        std::chrono::steady_clock::duration(last_receive_.load(std::memory_order_relaxed)));
+  }
   asio::any_io_executor executor() { return socket_.get_executor(); }
 
  private:
-  bool enqueue(const uint8_t* data, size_t n, bool now);
+  // Queued bytes: owned frames (many small ones batched together), or a
+  // frame whose tail is borrowed.
+  struct Item {
+    std::vector<uint8_t> bytes;
+    const uint8_t* tail = nullptr;
+    size_t tail_len = 0;
+    std::shared_ptr<const void> keep;
+    bool ends_message = true;  // false inside a fragmented message: no control frame may follow it
+    size_t size() const noexcept { return bytes.size() + tail_len; }
+  };
+
+  // With mu_ held: appends to the data lane; true when a write must be scheduled.
+  bool enqueue_locked(const uint8_t* data, size_t n);
+  void append_locked(const uint8_t* data, size_t n, bool ends_message);
+  bool needs_write_locked() const noexcept { return !writing_ && !flush_posted_; }
   void schedule_write();
   void write_out(std::unique_lock<std::mutex>& lk);
   void on_written(const std::error_code& ec);
@@ -74,37 +139,32 @@ class Channel : public std::enable_shared_from_this<Channel> {
   void fail(const std::string& reason);
 
   Socket socket_;
+  const size_t max_frame_;
   wire::FrameScanner scanner_;
   Handler* handler_;
 
   // Read side (I/O thread only).
   std::vector<uint8_t> in_;
   size_t in_len_ = 0;
-  std::chrono::steady_clock::time_point last_receive_;
+  wire::Assembler assembler_;
   bool failed_ = false;
+  std::atomic<std::chrono::steady_clock::rep> last_receive_;
 
   // Write side.
   mutable std::mutex mu_;
-  std::condition_variable drained_;
-  std::vector<uint8_t> pending_;  // appended by senders
-  std::vector<uint8_t> out_;      // being written (I/O thread)
-  bool writing_ = false;          // a write of out_ (or a direct write) is in progress
-  bool flush_posted_ = false;     // start_write is queued on the I/O thread
-  bool closed_ = false;
-  size_t blocked_senders_ = 0;
+  std::condition_variable progress_;  // written_ moved, or closed
+  std::deque<Item> control_;          // under mu_
+  std::deque<Item> data_;             // under mu_
+  std::vector<Item> inflight_;        // being written (I/O thread, or the direct writer)
+  std::vector<asio::const_buffer> buffers_;
+  size_t inflight_data_ = 0;          // data bytes of inflight_
+  bool resume_first_ = false;         // data_.front() is the rest of a partly written frame
+  bool writing_ = false;              // under mu_: a write of inflight_ is in progress
+  bool flush_posted_ = false;         // under mu_: start_write is queued on the I/O thread
+  bool closed_ = false;               // under mu_
+  size_t waiters_ = 0;                // under mu_: threads in a wait_*
+  std::atomic<uint64_t> queued_{0};   // data bytes ever queued
+  std::atomic<uint64_t> written_{0};  // data bytes ever written
 };
-
-// Calls f(FrameView) for each frame of a range that a Channel delivered.
-template <class F>
-void for_each_frame(const uint8_t* data, size_t n, F&& f) {
-  size_t at = 0;
-  while (at < n) {
-    uint32_t len;
-    std::memcpy(&len, data + at, sizeof len);
-    f(wire::FrameView{static_cast<wire::MsgType>(data[at + wire::kFrameHeaderBytes]),
-                      data + at + wire::kFrameHeaderBytes + 1, len - 1});
-    at += wire::kFrameHeaderBytes + len;
-  }
-}
 
 }  // namespace cox::transport

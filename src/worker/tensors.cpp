@@ -36,7 +36,8 @@ std::string describe(const at::Tensor& t) {
 
 }  // namespace
 
-Tensors::Tensors(int rank, at::Device device, Hooks hooks) : rank_(rank), device_(device), hooks_(std::move(hooks)) {
+Tensors::Tensors(int rank, at::Device device, Outbox& out, Hooks hooks)
+    : rank_(rank), device_(device), out_(out), hooks_(std::move(hooks)) {
   if (device_.is_cuda()) {
     gpu_ = make_gpu(device_, [watch = watch_] { watch->check(); }, comm_timeout_);
   }
@@ -125,9 +126,9 @@ void Tensors::define_op(const wire::DefineOp& m) {
   // An op this libtorch lacks fails when used, not here.
 }
 
-std::optional<std::string> Tensors::run_op(const wire::FrameView& f) {
-  Reader r(f.payload, f.size, "op");
-  const uint32_t op_id = r.get<uint32_t>("op.id");
+std::optional<std::string> Tensors::run_op(const wire::Op& m) {
+  Reader r(m.args.data, m.args.size, "op");
+  const uint32_t op_id = m.op;
   if (op_id >= ops_.size() || ops_[op_id].name.empty()) {
     throw ProtocolError(fmt::format("op id {} was never defined", op_id));
   }
@@ -179,19 +180,17 @@ std::optional<std::string> Tensors::run_op(const wire::FrameView& f) {
         throw ProtocolError(fmt::format("malformed op: unknown argument tag {}", static_cast<unsigned>(tag)));
     }
   }
-  const uint16_t nout = r.get<uint16_t>("op.nout");
-  c10::SmallVector<uint64_t, 4> ids(nout);
-  for (auto& id : ids) id = r.get<uint64_t>("op.out");
-  const uint64_t meta_request = r.get<uint64_t>("op.meta_request");
-  const bool report = r.get<int32_t>("op.reporter") == rank_ && meta_request != 0;
   r.expect_end();
+  const wire::Ids& ids = m.outs;
+  const uint64_t meta_request = m.meta_request;
+  const bool report = m.reporter == rank_ && meta_request != 0;
 
   auto fail_all = [&](std::shared_ptr<const Failure> failure) -> std::optional<std::string> {
-    for (uint64_t id : ids) {
-      if (id) fail(id, failure);
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (ids[i]) fail(ids[i], failure);
     }
     if (report) reply_error(meta_request, *failure);
-    if (ids.empty()) return failure->op + ": " + failure->message;
+    if (ids.size() == 0) return failure->op + ": " + failure->message;
     return std::nullopt;
   };
   // Ops that read an error value do not run; their outputs carry the error.
@@ -203,7 +202,7 @@ std::optional<std::string> Tensors::run_op(const wire::FrameView& f) {
     op.handle->callBoxed(stack);
   } catch (const std::exception& e) {
     return fail_all(std::make_shared<Failure>(
-        Failure{op.name, fmt::format("{} (arguments {})", message_of(e), describe_args(f))}));
+        Failure{op.name, fmt::format("{} (arguments {})", message_of(e), describe_args(m.args))}));
   }
   std::vector<at::Tensor> outs;
   size_t k = 0;
@@ -227,9 +226,8 @@ std::optional<std::string> Tensors::run_op(const wire::FrameView& f) {
 
 // The tensor arguments of an op frame, described for an error message (read
 // again from the frame: the stack is gone by the time an op has failed).
-std::string Tensors::describe_args(const wire::FrameView& f) const {
-  Reader r(f.payload, f.size, "op");
-  r.get<uint32_t>("op.id");
+std::string Tensors::describe_args(const wire::OpArgs& args) const {
+  Reader r(args.data, args.size, "op");
   const uint16_t nargs = r.get<uint16_t>("op.nargs");
   std::vector<std::string> parts;
   for (uint16_t i = 0; i < nargs; ++i) {
@@ -250,49 +248,27 @@ std::string Tensors::describe_args(const wire::FrameView& f) const {
   return fmt::format("{}", fmt::join(parts, ", "));
 }
 
-wire::Reply Tensors::error_reply(uint64_t request, const Failure& f) {
-  wire::Reply rep;
+wire::Failed Tensors::error_reply(uint64_t request, const Failure& f) {
+  wire::Failed rep;
   rep.request = request;
-  rep.ok = false;
-  std::vector<uint8_t> payload;
-  Writer w(payload);
-  w.put_string(f.op);
-  w.put_string(f.message);
-  w.put(static_cast<uint32_t>(f.peers.size()));
-  for (int32_t p : f.peers) w.put(p);
-  rep.payload.assign(payload.begin(), payload.end());
+  rep.op = f.op;
+  rep.message = f.message;
+  rep.peers = f.peers;
   return rep;
 }
 
-void Tensors::reply_error(uint64_t request, const Failure& f) { hooks_.reply(error_reply(request, f)); }
+void Tensors::reply_error(uint64_t request, const Failure& f) { out_.send_now(error_reply(request, f)); }
 
 void Tensors::reply_metas(uint64_t request, const std::vector<at::Tensor>& outs) {
-  wire::Reply rep;
+  wire::MetaReply rep;
   rep.request = request;
-  std::vector<uint8_t> payload;
-  Writer w(payload);
-  w.put(static_cast<uint16_t>(outs.size()));
-  for (const auto& t : outs) tensor::Meta::of(t).encode(w);
-  rep.payload.assign(payload.begin(), payload.end());
-  hooks_.reply(rep);
+  for (const auto& t : outs) rep.metas.push_back(tensor::Meta::of(t).to_wire());
+  out_.send_now(rep);
 }
 
 void Tensors::free(const wire::Free& m) {
-  for (uint64_t id : m.ids) table_.erase(id);
+  for (size_t i = 0; i < m.ids.size(); ++i) table_.erase(m.ids[i]);
 }
-
-namespace {
-
-std::vector<uint8_t> fetch_payload(const at::Tensor& c) {
-  std::vector<uint8_t> payload;
-  payload.reserve(64 + c.nbytes());
-  Writer w(payload);
-  tensor::Meta::of(c).encode(w);
-  w.put_string(std::string_view(static_cast<const char*>(c.data_ptr()), c.nbytes()));
-  return payload;
-}
-
-}  // namespace
 
 void Tensors::fetch(const wire::Fetch& m) {
   const Slot& s = use(m.id);
@@ -301,25 +277,21 @@ void Tensors::fetch(const wire::Fetch& m) {
     // The copy runs behind the work already issued; the reply goes out from
     // the GPU's completion thread, and this stream moves on meanwhile.
     const uint64_t request = m.request;
-    auto reply = hooks_.reply_from_any_thread;
+    Outbox* out = &out_;
     try {
-      gpu_->copy_to_host(s.tensor, [reply, request](const at::Tensor& host, std::exception_ptr error) {
+      gpu_->copy_to_host(s.tensor, [out, request](const at::Tensor& host, std::exception_ptr error) {
         if (error) {
           // A failed communicator names its members: the controller turns
           // that into WorkerLost when one of them is gone.
           try {
             std::rethrow_exception(error);
           } catch (const CommFailure& e) {
-            return reply(error_reply(request, Failure{"fetch", e.what(), e.peers}));
+            return out->send(error_reply(request, Failure{"fetch", e.what(), e.peers}));
           } catch (const std::exception& e) {
-            return reply(error_reply(request, Failure{"fetch", message_of(e)}));
+            return out->send(error_reply(request, Failure{"fetch", message_of(e)}));
           }
         }
-        wire::Reply rep;
-        rep.request = request;
-        const std::vector<uint8_t> payload = fetch_payload(host);
-        rep.payload.assign(payload.begin(), payload.end());
-        reply(rep);
+        out->send_tensor(request, host, Outbox::Hold::kBorrow);  // a copy of its own: nothing to wait for
       });
     } catch (const std::exception& e) {
       reply_error(m.request, Failure{"fetch", message_of(e)});
@@ -332,24 +304,55 @@ void Tensors::fetch(const wire::Fetch& m) {
   } catch (const std::exception& e) {
     return reply_error(m.request, Failure{"fetch", message_of(e)});
   }
-  wire::Reply rep;
-  rep.request = m.request;
-  const std::vector<uint8_t> payload = fetch_payload(c);
-  rep.payload.assign(payload.begin(), payload.end());
-  hooks_.reply(rep);
+  // Ops after this fetch may write the tensor in place: a copy of its own,
+  // or (when it is the table's) the stream waits until it is sent.
+  const bool own = !s.tensor.defined() || c.storage().data() != s.tensor.storage().data();
+  out_.send_tensor(m.request, c, own ? Outbox::Hold::kBorrow : Outbox::Hold::kWait);
 }
 
 void Tensors::put(const wire::Put& m) {
-  const auto dtype = static_cast<at::ScalarType>(m.dtype);
-  at::Tensor cpu = at::empty(m.sizes, at::TensorOptions().dtype(dtype));
-  if (static_cast<size_t>(cpu.nbytes()) != m.data.size()) {
-    throw ProtocolError(fmt::format("put: {} bytes of data for a {} tensor of {} bytes", m.data.size(),
-                                    c10::toString(dtype), cpu.nbytes()));
+  if (m.dtype >= static_cast<uint8_t>(at::ScalarType::NumOptions)) {
+    throw ProtocolError(fmt::format("put: unknown dtype {}", m.dtype));
   }
-  std::memcpy(cpu.data_ptr(), m.data.data(), m.data.size());
-  at::Tensor t = device_.is_cpu() ? cpu : cpu.to(device_);
-  if (m.requires_grad) t.requires_grad_(true);
-  store(m.id, std::move(t));
+  const auto dtype = static_cast<at::ScalarType>(m.dtype);
+  Incoming in;
+  try {
+    in.value = at::empty(m.sizes, at::TensorOptions().dtype(dtype));
+  } catch (const std::exception& e) {
+    throw ProtocolError(fmt::format("put: bad tensor metadata: {}", message_of(e)));
+  }
+  if (static_cast<uint64_t>(in.value.nbytes()) != m.nbytes) {
+    throw ProtocolError(fmt::format("put: {} bytes announced for a {} tensor of {} bytes", m.nbytes,
+                                    c10::toString(dtype), in.value.nbytes()));
+  }
+  in.requires_grad = m.requires_grad;
+  if (m.nbytes == 0) return finish_put(m.id, std::move(in));
+  if (!incoming_.emplace(m.id, std::move(in)).second) {
+    throw ProtocolError(fmt::format("put: tensor {} is already being received", m.id));
+  }
+}
+
+void Tensors::put_data(const wire::PutData& m) {
+  auto it = incoming_.find(m.id);
+  if (it == incoming_.end()) throw ProtocolError(fmt::format("put_data for tensor {}, which is not being received", m.id));
+  Incoming& in = it->second;
+  const uint64_t nbytes = in.value.nbytes();
+  if (m.offset != in.received || m.data.size > nbytes - in.received) {
+    throw ProtocolError(fmt::format("put_data: bytes [{}, {}) of tensor {} where [{}, {}) was due", m.offset,
+                                    m.offset + m.data.size, m.id, in.received, nbytes));
+  }
+  std::memcpy(static_cast<uint8_t*>(in.value.data_ptr()) + m.offset, m.data.data, m.data.size);
+  in.received += m.data.size;
+  if (in.received < nbytes) return;
+  Incoming done = std::move(in);
+  incoming_.erase(it);
+  finish_put(m.id, std::move(done));
+}
+
+void Tensors::finish_put(uint64_t id, Incoming in) {
+  at::Tensor t = device_.is_cpu() ? std::move(in.value) : in.value.to(device_);
+  if (in.requires_grad) t.requires_grad_(true);
+  store(id, std::move(t));
 }
 
 void Tensors::seed(const wire::Seed& m) {
@@ -387,28 +390,23 @@ void Tensors::grad(const wire::Grad& m) {
 void Tensors::grad_mode(const wire::GradMode& m) { c10::GradMode::set_enabled(m.enabled); }
 
 void Tensors::load_library(const wire::LoadLibrary& m) {
-  wire::Reply rep;
-  rep.request = m.request;
   void* lib = ::dlopen(m.path.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (!lib) {
-    rep.ok = false;
     const char* err = ::dlerror();
-    rep.payload = err ? err : "dlopen failed";
-    return hooks_.reply(rep);
+    return reply_error(m.request, Failure{"load_library", err ? err : "dlopen failed"});
   }
   using TableFn = const remote_detail::Entry* (*)(size_t*);
   auto table = reinterpret_cast<TableFn>(::dlsym(lib, "cox_remote_functions"));
   if (!table) {
-    rep.ok = false;
-    rep.payload = m.path + " defines no remote functions (no COX_REMOTE_FUNCTION in it)";
     ::dlclose(lib);
-    return hooks_.reply(rep);
+    return reply_error(m.request,
+                       Failure{"load_library", m.path + " defines no remote functions (no COX_REMOTE_FUNCTION in it)"});
   }
   size_t n = 0;
   const remote_detail::Entry* entries = table(&n);
   for (size_t i = 0; i < n; ++i) remote_[entries[i].name] = entries[i].fn;
   libraries_.push_back(lib);
-  hooks_.reply(rep);
+  out_.send_now(wire::Done{m.request});
 }
 
 void Tensors::call_remote(const wire::CallRemote& m) {
@@ -446,13 +444,7 @@ void Tensors::call_remote(const wire::CallRemote& m) {
 }
 
 void Tensors::stats(const wire::Stats& m) {
-  wire::Reply rep;
-  rep.request = m.request;
-  std::vector<uint8_t> payload;
-  Writer w(payload);
-  w.put(static_cast<int64_t>(table_.size()));
-  rep.payload.assign(payload.begin(), payload.end());
-  hooks_.reply(rep);
+  out_.send_now(wire::StatsReply{m.request, static_cast<int64_t>(table_.size())});
 }
 
 }  // namespace cox::worker

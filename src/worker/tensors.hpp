@@ -6,6 +6,7 @@
 #include "collectives/communicator.hpp"
 #include "wire/messages.hpp"
 #include "worker/gpu.hpp"
+#include "worker/outbox.hpp"
 
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -28,10 +29,6 @@ namespace cox::worker {
 class Tensors {
  public:
   struct Hooks {
-    // Sends a reply frame to the controller at once.
-    std::function<void(const wire::Reply&)> reply;
-    // The same, from any thread (the GPU's fetch completions).
-    std::function<void(const wire::Reply&)> reply_from_any_thread;
     // Every member's blob for a communicator being set up (through the
     // controller); throws collectives::CommError when the rendezvous fails.
     std::function<std::vector<std::string>(uint64_t comm, const std::string& blob)> rendezvous;
@@ -40,7 +37,8 @@ class Tensors {
   };
   // A CUDA `device` binds this process to it (throws cox::Error when it
   // cannot); then ops run on a compute stream and collectives on their own.
-  Tensors(int rank, at::Device device, Hooks hooks);
+  // Replies go out through `out`.
+  Tensors(int rank, at::Device device, Outbox& out, Hooks hooks);
   ~Tensors();
 
   const at::Device& device() const noexcept { return device_; }
@@ -50,10 +48,12 @@ class Tensors {
   void define_op(const wire::DefineOp& m);
   // An op with no outputs (one that only writes its inputs) has nothing to
   // mark when it fails: its failure is returned, to be reported.
-  std::optional<std::string> run_op(const wire::FrameView& f);
+  std::optional<std::string> run_op(const wire::Op& m);
   void free(const wire::Free& m);
   void fetch(const wire::Fetch& m);
+  // A tensor from the controller: its header, then its chunks.
   void put(const wire::Put& m);
+  void put_data(const wire::PutData& m);
   void seed(const wire::Seed& m);
   // Backward failures have no output to mark: they are returned as a message.
   std::optional<std::string> backward(const wire::Backward& m);
@@ -136,14 +136,23 @@ class Tensors {
   // Aborts every NCCL communicator (after an asynchronous failure), so that
   // nothing on the device waits for them any longer.
   void abort_comms(const std::string& why);
-  static wire::Reply error_reply(uint64_t request, const Failure& f);
+  // A tensor being received from the controller.
+  struct Incoming {
+    at::Tensor value;  // on the CPU until whole
+    uint64_t received = 0;
+    bool requires_grad = false;
+  };
+  void finish_put(uint64_t id, Incoming in);
+  static wire::Failed error_reply(uint64_t request, const Failure& f);
   void reply_error(uint64_t request, const Failure& f);
-  std::string describe_args(const wire::FrameView& f) const;
+  std::string describe_args(const wire::OpArgs& args) const;
   void reply_metas(uint64_t request, const std::vector<at::Tensor>& outs);
 
   const int rank_;
   const at::Device device_;
+  Outbox& out_;
   Hooks hooks_;
+  std::unordered_map<uint64_t, Incoming> incoming_;
   std::vector<Op> ops_;
   // Open addressing: no allocation per stored tensor on the per-op path.
   ska::flat_hash_map<uint64_t, Slot> table_;

@@ -74,6 +74,7 @@ void post(Controller& ctl, int rank, const M& m) {
 
 #include "controller/launcher.hpp"
 #include "transport/auth.hpp"
+#include "transport/handshake.hpp"
 
 #include <poll.h>
 #include <sys/socket.h>
@@ -197,20 +198,18 @@ inline int tcp_connect(uint16_t port) {
   return fd;
 }
 
-// A hand-made worker: completes the handshake with `token` as `rank`.
-// Returns the connected fd, or -1 if the controller refused.
+// A hand-made worker: completes the handshake (transport/handshake) with
+// `token` as `rank`. Returns the connected fd, or -1 if the controller
+// refused.
 inline int fake_worker(uint16_t port, const std::string& token, int rank) {
   int fd = tcp_connect(port);
   if (fd < 0) return -1;
-  std::vector<uint8_t> body;
-  if (!recv_frame(fd, body)) return ::close(fd), -1;
-  wire::Hello hello = wire::decode<wire::Hello>(wire::FrameView{wire::MsgType::kHello, body.data() + 1, body.size() - 1});
-  wire::HelloReply reply;
-  reply.rank = rank;
-  reply.nonce = transport::random_nonce();
-  reply.mac = transport::prove(token, "worker", hello.nonce, rank);
-  send_bytes(fd, wire::encode_frame(reply));
-  if (!recv_frame(fd, body) || body[0] != static_cast<uint8_t>(wire::MsgType::kWelcome)) return ::close(fd), -1;
+  try {
+    transport::handshake_as_worker(fd, token, rank, "cpu", 5000ms);
+  } catch (const std::exception&) {
+    ::close(fd);
+    return -1;
+  }
   return fd;
 }
 

@@ -1,0 +1,76 @@
+// The executor: runs the controller's stream, one message at a time, in
+// order, on the worker's main thread. One on() per message addressed to a
+// worker (wire::dispatch checks at compile time that none is missing); the
+// tensor messages go to the tensor table (worker/tensors).
+#pragma once
+
+#include "wire/messages.hpp"
+#include "worker/outbox.hpp"
+#include "worker/stream_reader.hpp"
+#include "worker/tensors.hpp"
+
+#include <string>
+
+namespace cox::worker {
+
+class Executor {
+ public:
+  Executor(int rank, const at::Device& device, Outbox& out, StreamReader& in, std::string gloo_hostname);
+
+  // Runs one frame; returns false once told to shut down.
+  bool run(const wire::FrameView& f) {
+    ++index_;
+    wire::dispatch<wire::Dir::kToWorker>(f, *this);
+    return !shutdown_;
+  }
+
+  void on(const wire::Heartbeat&) {}
+  void on(const wire::Sync& m);
+  void on(const wire::Shutdown&) { shutdown_ = true; }
+  void on(const wire::Echo& m) { out_.send_now(wire::EchoReply{m.id, m.payload}); }
+  void on(const wire::Seq& m);
+  void on(const wire::Raise& m) { report("raise", m.message); }
+  void on(const wire::Exit& m);
+  void on(const wire::Print& m);
+  void on(const wire::Sleep& m);
+  void on(const wire::DefineOp& m) { tensors_.define_op(m); }
+  void on(const wire::Op& m) {
+    if (auto err = tensors_.run_op(m)) report("op", *err);
+  }
+  void on(const wire::Free& m) { tensors_.free(m); }
+  void on(const wire::Fetch& m) { tensors_.fetch(m); }
+  void on(const wire::Put& m) { tensors_.put(m); }
+  void on(const wire::PutData& m) { tensors_.put_data(m); }
+  void on(const wire::Seed& m) { tensors_.seed(m); }
+  void on(const wire::Backward& m) {
+    if (auto err = tensors_.backward(m)) report("backward", *err);
+  }
+  void on(const wire::Grad& m) { tensors_.grad(m); }
+  void on(const wire::GradMode& m) { tensors_.grad_mode(m); }
+  void on(const wire::LoadLibrary& m) { tensors_.load_library(m); }
+  void on(const wire::CallRemote& m) { tensors_.call_remote(m); }
+  void on(const wire::Stats& m) { tensors_.stats(m); }
+  void on(const wire::CommInit& m) { tensors_.comm_init(m); }
+  void on(const wire::Collective& m) {
+    if (auto err = tensors_.collective(m)) report("barrier", *err);
+  }
+  void on(const wire::Transfer& m) {
+    if (auto err = tensors_.transfer(m)) report("to_mesh", *err);
+  }
+  void on(const wire::RendezvousReply& m);
+
+ private:
+  // Sends this member's blob and reads on until the controller answers.
+  std::vector<std::string> rendezvous(uint64_t comm, const std::string& blob);
+  void report(const std::string& op, const std::string& message);
+
+  const int rank_;
+  Outbox& out_;
+  StreamReader& in_;
+  uint64_t index_ = 0;
+  uint64_t next_seq_ = 0;
+  bool shutdown_ = false;
+  Tensors tensors_;
+};
+
+}  // namespace cox::worker

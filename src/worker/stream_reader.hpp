@@ -1,0 +1,75 @@
+// The controller's stream as the worker's executor reads it: whole frames
+// (fragmented messages put back together), in order.
+//
+// Executor thread only. While it waits for work it sleeps in read() on the
+// socket, as a hand-written server would, so a message costs no hand-off
+// between threads. (The worker's I/O thread only writes: heartbeats,
+// replies, output.)
+//
+// A message may itself wait for a particular answer from the controller (a
+// rendezvous while a communicator is set up): wait_for() reads on, setting
+// aside the frames that arrive meanwhile; next() hands those out first, in
+// order.
+#pragma once
+
+#include "wire/messages.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <deque>
+#include <optional>
+#include <vector>
+
+namespace cox::worker {
+
+class StreamReader {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  StreamReader(int fd, size_t max_frame);
+
+  // The next frame, or nullopt when the controller closed the stream. The
+  // view is valid until the next call of next() or wait_for().
+  std::optional<wire::FrameView> next();
+
+  // Reads until a frame of type `type` that `match` accepts arrives; frames
+  // before it (heartbeats aside) are kept for next(). Returns a copy of the
+  // frame's payload; nullopt when the stream closed.
+  template <class Match>
+  std::optional<std::vector<uint8_t>> wait_for(wire::MsgType type, Match&& match) {
+    for (;;) {
+      auto f = next_from_socket();
+      if (!f) return std::nullopt;
+      if (f->type == type && match(*f)) return std::vector<uint8_t>(f->payload, f->payload + f->size);
+      if (f->type == wire::MsgType::kHeartbeat) continue;
+      std::vector<uint8_t> copy(f->size + 1);
+      copy[0] = static_cast<uint8_t>(f->type);
+      std::memcpy(copy.data() + 1, f->payload, f->size);
+      stash_.push_back(std::move(copy));
+    }
+  }
+
+  // Any thread: whether the executor is waiting for the stream, and when
+  // bytes last arrived.
+  bool idle() const noexcept { return idle_.load(std::memory_order_relaxed); }
+  Clock::time_point last_receive() const noexcept {
+    return Clock::time_point(Clock::duration(last_receive_.load(std::memory_order_relaxed)));
+  }
+
+ private:
+  std::optional<wire::FrameView> next_from_socket();
+  bool fill();
+
+  const int fd_;
+  wire::FrameScanner scanner_;
+  wire::Assembler assembler_;
+  std::vector<uint8_t> buf_;
+  size_t pos_ = 0;   // start of the first frame not yet handed out
+  size_t have_ = 0;  // bytes in buf_
+  std::deque<std::vector<uint8_t>> stash_;  // type byte + payload
+  std::vector<uint8_t> current_;
+  std::atomic<bool> idle_{false};
+  std::atomic<Clock::rep> last_receive_{Clock::now().time_since_epoch().count()};
+};
+
+}  // namespace cox::worker
