@@ -95,9 +95,13 @@ class Controller::Impl {
     std::vector<std::shared_ptr<transport::Channel>> wake_;
   };
 
-  // Like post(), but written at once when the stream is idle: for messages
-  // someone is about to wait on. Backpressure waits until `deadline`.
-  void post_now(int rank, const std::vector<uint8_t>& bytes, std::optional<Clock::time_point> deadline = std::nullopt);
+  // Like post(), but never waits for room: for small bookkeeping (frees)
+  // that must not hold up a caller who is not sending work.
+  inline void post_nowait(int rank, const uint8_t* data, size_t n);
+  // Like post(), but written at once when the stream is idle: for small
+  // requests someone is about to wait on (sync, ping, fetch). These never
+  // wait for room: the caller's own wait for the answer has the deadline.
+  void post_now(int rank, const std::vector<uint8_t>& bytes);
 
   // Streams a tensor to a worker: `put` (its header, with nbytes) and then
   // [data, data+nbytes) in chunks within the frame limit. The bytes are
@@ -147,7 +151,7 @@ class Controller::Impl {
   // Connections refused during the handshake, and why (newest last).
   std::vector<std::string> rejected_connections() const;
   // Bytes queued for a worker and not yet written to its socket.
-  size_t pending_bytes(int rank) const { return worker(rank).channel->pending(); }
+  inline size_t pending_bytes(int rank) const;
   // Replies held for requests, and requests whose reply will be dropped
   // (for tests: once the replies are in, dropped futures leave none).
   size_t held_replies() const;
@@ -301,6 +305,14 @@ void Controller::Impl::post(int rank, const uint8_t* data, size_t n) {
   }
   w.channel->send(data, n);
 }
+
+void Controller::Impl::post_nowait(int rank, const uint8_t* data, size_t n) {
+  Worker& w = worker(rank);
+  if (__builtin_expect(w.lost_flag.load(std::memory_order_relaxed), 0)) throw_lost(rank);
+  w.channel->send(data, n);
+}
+
+size_t Controller::Impl::pending_bytes(int rank) const { return worker(rank).channel->pending(); }
 
 void Controller::Impl::Batch::add(int rank, const uint8_t* data, size_t n) {
   Worker& w = impl_.worker(rank);

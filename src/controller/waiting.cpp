@@ -66,12 +66,9 @@ void Controller::Impl::wait_for_room(Worker& w, Clock::time_point deadline, cons
   throw WorkerLost(w.rank, "connection closed");
 }
 
-void Controller::Impl::post_now(int rank, const std::vector<uint8_t>& bytes, std::optional<Clock::time_point> deadline) {
+void Controller::Impl::post_now(int rank, const std::vector<uint8_t>& bytes) {
   Worker& w = worker(rank);
   if (w.lost_flag.load(std::memory_order_relaxed)) throw_lost(rank);
-  if (w.channel->pending() > opts_.send_buffer_bytes) {
-    wait_for_room(w, deadline ? *deadline : Clock::now() + opts_.send_timeout, "sending a request");
-  }
   w.channel->send_now(bytes);
 }
 
@@ -117,7 +114,7 @@ void Controller::Impl::sync_ranks(const std::vector<int>& ranks, std::optional<m
   const auto deadline = deadline_of(timeout);
   const uint64_t id = ++next_id_;
   const auto frame = wire::encode_frame(wire::Sync{id});
-  for (int r : ranks) post_now(r, frame, deadline);
+  for (int r : ranks) post_now(r, frame);
   std::unique_lock<std::mutex> lk(mu_);
   auto done = [&] {
     for (int r : ranks) {
@@ -146,7 +143,7 @@ std::chrono::nanoseconds Controller::Impl::ping(int rank, std::optional<millisec
   wire::Echo echo;
   echo.id = id;
   const auto t0 = Clock::now();
-  post_now(rank, wire::encode_frame(echo), deadline);
+  post_now(rank, wire::encode_frame(echo));
   std::unique_lock<std::mutex> lk(mu_);
   if (!wait_for(lk, deadline, {rank}, [&] { return w.echoed >= id; })) {
     const size_t pending = w.channel->pending();

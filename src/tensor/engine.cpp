@@ -27,6 +27,11 @@ using wire::Writer;
 // ---------------------------------------------------------------------------
 // Handles
 
+PendingMeta::~PendingMeta() {
+  if (resolved) return;
+  if (auto e = engine.lock()) e->forget_fetch(request);
+}
+
 TensorImpl::~TensorImpl() {
   if (mesh.engine()) mesh.engine()->release(id, mesh.info()->ranks);
 }
@@ -441,6 +446,7 @@ std::vector<Tensor> Engine::call(const DeviceMesh& mesh, const OpInfo& op, const
   std::shared_ptr<PendingMeta> pending = upstream;
   if (!pending && entry.learned) {
     pending = std::make_shared<PendingMeta>();
+    pending->engine = weak_from_this();
     pending->request = impl().new_request_id();
     pending->rank = mesh.info()->ranks.front();
     pending->cache_key = key_;
@@ -656,6 +662,7 @@ at::Tensor Engine::wait_fetch(int rank, uint64_t request, std::optional<std::chr
   return std::move(fetched->value);
 }
 
+// (Also for metadata reports nobody will read.)
 void Engine::forget_fetch(uint64_t request) noexcept {
   if (impl_) impl_->forget(request);
 }
@@ -772,7 +779,7 @@ void Engine::flush_frees_locked(int rank) {
     append_frees_locked(r, free_frame_);
     if (free_frame_.empty()) continue;
     try {
-      impl_->post(r, free_frame_.data(), free_frame_.size());
+      impl_->post_nowait(r, free_frame_.data(), free_frame_.size());
     } catch (const WorkerLost&) {
     }
   }

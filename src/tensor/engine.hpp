@@ -21,6 +21,8 @@
 
 namespace cox::tensor {
 
+class Engine;
+
 struct MeshInfo {
   Shape shape;
   std::vector<int> ranks;
@@ -28,6 +30,13 @@ struct MeshInfo {
 
 // Metadata a worker will report, for ops without a meta kernel.
 struct PendingMeta {
+  PendingMeta() = default;
+  PendingMeta(const PendingMeta&) = delete;
+  PendingMeta& operator=(const PendingMeta&) = delete;
+  // A report nobody read (every output died first) is dropped as it comes.
+  ~PendingMeta();
+
+  std::weak_ptr<Engine> engine;  // set when the report is asked for
   uint64_t request = 0;
   int rank = -1;
   std::string cache_key;

@@ -31,10 +31,13 @@ std::optional<wire::FrameView> StreamReader::next_from_socket() {
       if (auto whole = assembler_.feed(*frame)) return whole;
       continue;  // a fragment: read on
     }
-    // Nothing whole is left: keep the partial frame at the front.
-    std::memmove(buf_.data(), buf_.data() + pos_, have_ - pos_);
-    have_ -= pos_;
-    pos_ = 0;
+    // Nothing whole is left: keep the partial frame at the front (moved
+    // once, not at every read while a large frame comes in).
+    if (pos_ > 0) {
+      std::memmove(buf_.data(), buf_.data() + pos_, have_ - pos_);
+      have_ -= pos_;
+      pos_ = 0;
+    }
     if (need > buf_.size()) buf_.resize(need);
     if (!fill()) return std::nullopt;
   }
