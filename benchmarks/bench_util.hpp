@@ -35,9 +35,12 @@ inline Stats stats(std::vector<double> v) {
 }
 
 // The options every benchmark takes: --quick (a short run, as gpu-check
-// uses) and --json FILE. Returns false (after printing usage) on anything else.
+// uses), --tiny (the smallest sizes that still run every path: what the
+// benchmarks' CTest runs; implies --quick) and --json FILE. Returns false
+// (after printing usage) on anything else.
 struct Options {
   bool quick = false;
+  bool tiny = false;
   std::string json;
   std::string device = "cpu";  // where the workers run: cpu or cuda
 };
@@ -58,12 +61,14 @@ inline bool parse_options(int argc, char** argv, const char* name, Options& o) {
     const std::string a = argv[i];
     if (a == "--quick") {
       o.quick = true;
+    } else if (a == "--tiny") {
+      o.quick = o.tiny = true;
     } else if (a == "--json" && i + 1 < argc) {
       o.json = argv[++i];
     } else if (a == "--device" && i + 1 < argc && (std::string(argv[i + 1]) == "cpu" || std::string(argv[i + 1]) == "cuda")) {
       o.device = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: %s [--quick] [--json FILE] [--device cpu|cuda]\n", name);
+      std::fprintf(stderr, "usage: %s [--quick | --tiny] [--json FILE] [--device cpu|cuda]\n", name);
       return false;
     }
   }

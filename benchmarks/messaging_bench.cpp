@@ -189,12 +189,12 @@ int main(int argc, char** argv) {
   if (!parse_options(argc, argv, "messaging_bench", opts_cli)) return 2;
   const bool quick = opts_cli.quick;
   const std::string json = opts_cli.json;
-  const int rt_iters = quick ? 2000 : 10000;
-  const uint64_t stream_n = quick ? 300000 : 2000000;
+  const int rt_iters = opts_cli.tiny ? 200 : quick ? 2000 : 10000;
+  const uint64_t stream_n = opts_cli.tiny ? 20000 : quick ? 300000 : 2000000;
   JsonRows rows;
 
   std::printf("%-10s %8s %14s %14s %8s\n", "test", "workers", "coxswain", "raw asio", "ratio");
-  for (int workers : {1, 2, 4}) {
+  for (int workers : opts_cli.tiny ? std::vector<int>{1, 2} : std::vector<int>{1, 2, 4}) {
     ControllerOptions opts;
     opts.workers = workers;
     Controller ctl = Controller::local(opts);

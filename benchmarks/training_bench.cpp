@@ -219,6 +219,11 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (common.quick) plan.steps = std::min(plan.steps, 5);
+  if (common.tiny) {
+    plan.workers = 2;
+    plan.hidden = {16, 64};
+    plan.steps = 2;
+  }
   if (plan.workers < 2 || plan.steps < 1 || plan.hidden.empty()) {
     std::fprintf(stderr, "need --workers >= 2, --steps >= 1 and at least one --hidden size\n");
     return 2;
