@@ -6,10 +6,15 @@
 //                Asio client and an Asio echo server process)
 //   one-way      N small messages pipelined to W workers, then one round
 //                trip to know they were all processed (Coxswain: post() +
-//                sync(); raw: a client that packs frames into 64 KiB writes,
-//                servers that parse every frame)
+//                sync(); raw: a client that packs frames into 64 KiB writes
+//                in one buffer it reuses, servers that parse every frame)
 //
-// Usage: messaging_bench [--quick] [--json FILE]
+// Both sides warm up alike, then take turns round by round (raw, Coxswain,
+// raw, Coxswain, ...), so that drift in the machine's load hits both alike;
+// each side reports the median of its rounds and the ratio is between the
+// two medians of the same run. Neither side allocates per message.
+//
+// Usage: messaging_bench [--quick | --tiny] [--json FILE]
 #include <cox/controller.hpp>
 
 #include "bench_util.hpp"
@@ -22,14 +27,17 @@
 #include <asio/read.hpp>
 #include <asio/write.hpp>
 
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <climits>
+#include <cerrno>
 #include <cstring>
 #include <iostream>
-#include <thread>
+#include <system_error>
 
 extern char** environ;
 
@@ -44,10 +52,26 @@ namespace {
 // back, 2 = count it, 3 = reply with the count.
 
 constexpr uint8_t kRawEcho = 1, kRawData = 2, kRawSync = 3;
+constexpr size_t kRawFrame = 13;  // u32 length (9), u8 type, u64 payload
+
+void put_raw_frame(uint8_t* at, uint8_t type, uint64_t payload) {
+  const uint32_t len = kRawFrame - 4;
+  std::memcpy(at, &len, 4);
+  at[4] = type;
+  std::memcpy(at + 5, &payload, 8);
+}
+
+// A raw server tells the benchmark that it listens with one byte on its
+// stdout (a pipe), so the client connects once, without polling.
+void signal_listening() {
+  const char ready = 'r';
+  if (::write(STDOUT_FILENO, &ready, 1) != 1) std::_Exit(1);
+}
 
 int raw_server(const std::string& path) {
   asio::io_context io;
   local::acceptor acc(io, local::endpoint(path));
+  signal_listening();
   local::socket s(io);
   acc.accept(s);
   std::vector<uint8_t> buf(256 * 1024);
@@ -67,8 +91,8 @@ int raw_server(const std::string& path) {
       if (type == kRawEcho) {
         asio::write(s, asio::buffer(buf.data() + at, 4 + len));
       } else if (type == kRawSync) {
-        uint8_t reply[13] = {9, 0, 0, 0, kRawSync};
-        std::memcpy(reply + 5, &count, 8);
+        uint8_t reply[kRawFrame];
+        put_raw_frame(reply, kRawSync, count);
         asio::write(s, asio::buffer(reply));
       } else {
         ++count;
@@ -80,86 +104,109 @@ int raw_server(const std::string& path) {
   }
 }
 
+// Starts this binary with `args` (a raw server) and returns once it listens.
+pid_t start_raw_server(std::vector<std::string> args) {
+  int ready[2];
+  if (::pipe2(ready, O_CLOEXEC) != 0) throw std::system_error(errno, std::generic_category(), "pipe2");
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, ready[1], STDOUT_FILENO);
+  std::string self = "/proc/self/exe";
+  std::vector<char*> argv{self.data()};
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = -1;
+  const int rc = ::posix_spawn(&pid, self.c_str(), &fa, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  ::close(ready[1]);
+  if (rc != 0) {
+    ::close(ready[0]);
+    throw std::system_error(rc, std::generic_category(), "posix_spawn of a raw server");
+  }
+  pollfd p{ready[0], POLLIN, 0};
+  char byte = 0;
+  const bool up = ::poll(&p, 1, 30000) == 1 && ::read(ready[0], &byte, 1) == 1;
+  ::close(ready[0]);
+  if (!up) {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, nullptr, 0);
+    throw std::runtime_error("a raw server did not start listening within 30 s");
+  }
+  return pid;
+}
+
+std::string make_temp_dir() {
+  char tmpl[] = "/tmp/cox-bench-XXXXXX";
+  if (!::mkdtemp(tmpl)) throw std::system_error(errno, std::generic_category(), "mkdtemp");
+  return tmpl;
+}
+
 struct RawPeers {
   asio::io_context io;
-  std::vector<local::socket> sockets;
+  std::string dir = make_temp_dir();
   std::vector<pid_t> pids;
-  std::string dir;
+  std::vector<local::socket> sockets;
+  std::vector<uint8_t> batch;  // the one-way client's writes, reused
+  uint64_t counted = 0;        // data frames each server has counted so far
 
   explicit RawPeers(int n) {
-    char tmpl[] = "/tmp/cox-bench-XXXXXX";
-    dir = ::mkdtemp(tmpl);
-    char self[PATH_MAX];
-    ssize_t len = ::readlink("/proc/self/exe", self, sizeof self - 1);
-    self[len] = 0;
-    for (int i = 0; i < n; ++i) {
-      std::string path = dir + "/s" + std::to_string(i);
-      std::string flag = "--raw-server";
-      char* argv[] = {self, flag.data(), path.data(), nullptr};
-      pid_t pid;
-      ::posix_spawn(&pid, self, nullptr, nullptr, argv, environ);
-      pids.push_back(pid);
-      local::socket s(io);
-      for (int tries = 0;; ++tries) {
-        std::error_code ec;
-        s.connect(local::endpoint(path), ec);
-        if (!ec) break;
-        if (tries > 2000) throw std::runtime_error("raw server did not start");
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    try {
+      for (int i = 0; i < n; ++i) {
+        const std::string path = dir + "/s" + std::to_string(i);
+        pids.push_back(start_raw_server({"--raw-server", path}));
+        local::socket s(io);
+        s.connect(local::endpoint(path));
+        sockets.push_back(std::move(s));
       }
-      sockets.push_back(std::move(s));
+    } catch (...) {
+      stop();
+      throw;
     }
   }
-  ~RawPeers() {
+  ~RawPeers() { stop(); }
+  // Servers exit at the end of their stream.
+  void stop() {
     for (auto& s : sockets) s.close();
     for (pid_t p : pids) ::waitpid(p, nullptr, 0);
     for (size_t i = 0; i < pids.size(); ++i) ::unlink((dir + "/s" + std::to_string(i)).c_str());
+    pids.clear();
     ::rmdir(dir.c_str());
   }
 };
 
-std::vector<uint8_t> raw_frame(uint8_t type, uint64_t payload) {
-  std::vector<uint8_t> f(13);
-  uint32_t len = 9;
-  std::memcpy(f.data(), &len, 4);
-  f[4] = type;
-  std::memcpy(f.data() + 5, &payload, 8);
-  return f;
-}
-
 void raw_round_trips(RawPeers& peers, int iters, std::vector<double>& us) {
   auto& s = peers.sockets[0];
-  uint8_t reply[13];
+  uint8_t frame[kRawFrame], reply[kRawFrame];
   for (int i = 0; i < iters; ++i) {
-    auto f = raw_frame(kRawEcho, static_cast<uint64_t>(i));
+    put_raw_frame(frame, kRawEcho, static_cast<uint64_t>(i));
     auto t0 = Clock::now();
-    asio::write(s, asio::buffer(f));
+    asio::write(s, asio::buffer(frame));
     asio::read(s, asio::buffer(reply));
     us.push_back(seconds_since(t0) * 1e6);
   }
 }
 
 double raw_stream_msgs_per_s(RawPeers& peers, uint64_t n) {
-  std::vector<uint8_t> batch;
-  const size_t per_write = 64 * 1024 / 13;
+  const size_t per_write = 64 * 1024 / kRawFrame;
+  peers.batch.resize(per_write * kRawFrame);  // allocated on the first call only
   auto t0 = Clock::now();
   for (uint64_t i = 0; i < n;) {
-    batch.clear();
-    for (size_t k = 0; k < per_write && i < n; ++k, ++i) {
-      auto f = raw_frame(kRawData, i);
-      batch.insert(batch.end(), f.begin(), f.end());
-    }
-    for (auto& s : peers.sockets) asio::write(s, asio::buffer(batch));
+    size_t k = 0;
+    for (; k < per_write && i < n; ++k, ++i) put_raw_frame(peers.batch.data() + k * kRawFrame, kRawData, i);
+    for (auto& s : peers.sockets) asio::write(s, asio::buffer(peers.batch.data(), k * kRawFrame));
   }
-  uint8_t reply[13];
-  for (auto& s : peers.sockets) asio::write(s, asio::buffer(raw_frame(kRawSync, 0)));
+  uint8_t sync[kRawFrame], reply[kRawFrame];
+  put_raw_frame(sync, kRawSync, 0);
+  for (auto& s : peers.sockets) asio::write(s, asio::buffer(sync));
   for (auto& s : peers.sockets) {
     asio::read(s, asio::buffer(reply));
     uint64_t count;
     std::memcpy(&count, reply + 5, 8);
-    if (count < n) throw std::runtime_error("raw server lost messages");
+    if (count != peers.counted + n) throw std::runtime_error("raw server lost messages");
   }
-  return static_cast<double>(n) / seconds_since(t0);
+  const double rate = static_cast<double>(n) / seconds_since(t0);
+  peers.counted += n;
+  return rate;
 }
 
 // --- Coxswain ----------------------------------------------------------------
@@ -191,39 +238,53 @@ int main(int argc, char** argv) {
   const std::string json = opts_cli.json;
   const int rt_iters = opts_cli.tiny ? 200 : quick ? 2000 : 10000;
   const uint64_t stream_n = opts_cli.tiny ? 20000 : quick ? 300000 : 2000000;
+  constexpr int kRtRounds = 20, kStreamRounds = 5;
   JsonRows rows;
 
-  std::printf("%-10s %8s %14s %14s %8s\n", "test", "workers", "coxswain", "raw asio", "ratio");
+  std::printf("%-10s %8s %14s %14s %8s   (medians of rounds taken by turns)\n", "test", "workers", "coxswain",
+              "raw asio", "ratio");
   for (int workers : opts_cli.tiny ? std::vector<int>{1, 2} : std::vector<int>{1, 2, 4}) {
     ControllerOptions opts;
     opts.workers = workers;
     Controller ctl = Controller::local(opts);
     RawPeers raw(workers);
 
-    // Warm up both, then alternate in rounds so that drift in the machine's
-    // load hits both alike; report the medians.
+    // Round trips: both warm up alike, then raw and Coxswain take turns.
     std::vector<double> raw_us, cox_us;
-    cox_round_trips(ctl, 200, cox_us);
     raw_round_trips(raw, 200, raw_us);
+    cox_round_trips(ctl, 200, cox_us);
     raw_us.clear();
     cox_us.clear();
-    for (int round = 0; round < 20; ++round) {
-      raw_round_trips(raw, rt_iters / 20, raw_us);
-      cox_round_trips(ctl, rt_iters / 20, cox_us);
+    for (int round = 0; round < kRtRounds; ++round) {
+      raw_round_trips(raw, rt_iters / kRtRounds, raw_us);
+      cox_round_trips(ctl, rt_iters / kRtRounds, cox_us);
     }
     const double rt_raw = stats(raw_us).median;
     const double rt_cox = stats(cox_us).median;
     std::printf("%-10s %8d %11.1f us %11.1f us %8.2f\n", "roundtrip", workers, rt_cox, rt_raw, rt_cox / rt_raw);
     rows.add({{"bench", "messaging"}, {"case", "roundtrip/workers=" + std::to_string(workers)}, {"unit", "us"}},
-             {{"value", rt_cox}, {"baseline", rt_raw}, {"ratio", rt_cox / rt_raw}, {"workers", double(workers)}});
+             {{"value", rt_cox}, {"baseline", rt_raw}, {"ratio", rt_cox / rt_raw}, {"workers", double(workers)},
+              {"rounds", double(kRtRounds)}});
 
-    cox_stream_msgs_per_s(ctl, stream_n / 10, 0);
-    const double tp_raw = raw_stream_msgs_per_s(raw, stream_n);
-    const double tp_cox = cox_stream_msgs_per_s(ctl, stream_n, stream_n / 10);
+    // One-way: the same, a rate per round.
+    uint64_t seq = 0;
+    const uint64_t per_round = stream_n / kStreamRounds;
+    raw_stream_msgs_per_s(raw, per_round / 2);
+    cox_stream_msgs_per_s(ctl, per_round / 2, seq);
+    seq += per_round / 2;
+    std::vector<double> raw_rate, cox_rate;
+    for (int round = 0; round < kStreamRounds; ++round) {
+      raw_rate.push_back(raw_stream_msgs_per_s(raw, per_round));
+      cox_rate.push_back(cox_stream_msgs_per_s(ctl, per_round, seq));
+      seq += per_round;
+    }
+    const double tp_raw = stats(raw_rate).median;
+    const double tp_cox = stats(cox_rate).median;
     std::printf("%-10s %8d %9.2f M/s %9.2f M/s %8.2f\n", "one-way", workers, tp_cox / 1e6, tp_raw / 1e6,
                 tp_cox / tp_raw);
     rows.add({{"bench", "messaging"}, {"case", "one-way/workers=" + std::to_string(workers)}, {"unit", "msgs/s"}},
-             {{"value", tp_cox}, {"baseline", tp_raw}, {"ratio", tp_cox / tp_raw}, {"workers", double(workers)}});
+             {{"value", tp_cox}, {"baseline", tp_raw}, {"ratio", tp_cox / tp_raw}, {"workers", double(workers)},
+              {"rounds", double(kStreamRounds)}});
   }
   std::printf("roundtrip ratio: coxswain/raw time (lower is better); one-way ratio: coxswain/raw rate (higher is better)\n");
   if (!json.empty() && !rows.write(json)) {
