@@ -79,6 +79,7 @@ double bus_factor(const std::string& op, int n) {
 // The baseline: one rank of a plain SPMD program on raw Gloo.
 
 int run_baseline_rank(const Plan& plan, int rank, const std::string& dir) {
+  cox::bench::SpmdGroup::set_rank_threads();
   gloo::transport::tcp::attr attr;
   attr.hostname = "127.0.0.1";
   auto dev = gloo::transport::tcp::CreateDevice(attr);

@@ -148,6 +148,7 @@ class SpmdTrainer {
 };
 
 int run_spmd_rank(const Plan& plan, int rank, const std::string& dir) {
+  cox::bench::SpmdGroup::set_rank_threads();
   gloo::transport::tcp::attr attr;
   attr.hostname = "127.0.0.1";
   auto dev = gloo::transport::tcp::CreateDevice(attr);
