@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <exception>
 #include <map>
@@ -89,8 +90,10 @@ class JsonRows {
       first = false;
     }
     for (auto& [k, v] : numbers) {
+      // Whole numbers (sizes, counts) exactly; measurements to 6 digits.
       char num[64];
-      std::snprintf(num, sizeof num, "%.6g", v);
+      const bool whole = v == std::floor(v) && std::fabs(v) < 9007199254740992.0;  // 2^53
+      std::snprintf(num, sizeof num, whole ? "%.0f" : "%.6g", v);
       row += (first ? "" : ", ") + ("\"" + k + "\": " + num);
       first = false;
     }
