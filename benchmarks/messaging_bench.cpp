@@ -8,14 +8,32 @@
 //                trip to know they were all processed (Coxswain: post() +
 //                sync(); raw: a client that packs frames into 64 KiB writes
 //                in one buffer it reuses, servers that parse every frame)
+//   bulk         one shard of S bytes, 64 MiB to 2 GiB (--quick: 64 and 128
+//                MiB; --tiny: 1 and 4 MiB), from the controller to one
+//                worker (cox::from_local, then sync) and back
+//                (Tensor::fetch().get()); raw: this process and a server
+//                process moving the same bytes over a Unix socket, as local
+//                workers use, both ends with buffers allocated and touched
+//                once (the socket's ceiling). Beside the rates: this
+//                process's peak RSS during each Coxswain transfer and what
+//                the transfer added to it (the peak is reset before each
+//                one, so the raw side's buffers do not count).
 //
 // Both sides warm up alike, then take turns round by round (raw, Coxswain,
 // raw, Coxswain, ...), so that drift in the machine's load hits both alike;
 // each side reports the median of its rounds and the ratio is between the
 // two medians of the same run. Neither side allocates per message.
 //
+// A bulk size that fails (an error, or no progress within a generous limit:
+// a stuck controller cannot be shut down, so it is left behind) is reported
+// on its row, and the next size runs on a fresh controller; the benchmark
+// fails at the end if a size below the default max_frame_bytes failed.
+//
 // Usage: messaging_bench [--quick | --tiny] [--json FILE]
+#include <ATen/ATen.h>
+
 #include <cox/controller.hpp>
+#include <cox/tensor.hpp>
 
 #include "bench_util.hpp"
 #include "controller/controller_impl.hpp"
@@ -34,10 +52,18 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
+#include <fstream>
+#include <functional>
 #include <iostream>
+#include <memory>
+#include <mutex>
 #include <system_error>
+#include <thread>
+#include <tuple>
 
 extern char** environ;
 
@@ -209,6 +235,108 @@ double raw_stream_msgs_per_s(RawPeers& peers, uint64_t n) {
   return rate;
 }
 
+// --- bulk: the raw side -------------------------------------------------------
+// The client sends a u8 op and a u64 size. 'P': `size` bytes follow, read
+// into the server's buffer, then a one-byte ack. 'G': the server writes
+// `size` bytes from its buffer.
+
+constexpr uint8_t kBulkPut = 'P', kBulkGet = 'G';
+
+int raw_bulk_server(const std::string& path, size_t max_bytes) {
+  std::vector<uint8_t> buf(max_bytes, 1);  // touched once, here
+  asio::io_context io;
+  local::acceptor acc(io, local::endpoint(path));
+  signal_listening();
+  local::socket s(io);
+  acc.accept(s);
+  for (;;) {
+    uint8_t head[9];
+    std::error_code ec;
+    asio::read(s, asio::buffer(head), ec);
+    if (ec) return 0;
+    uint64_t n;
+    std::memcpy(&n, head + 1, 8);
+    if (n > buf.size()) return 1;
+    if (head[0] == kBulkPut) {
+      asio::read(s, asio::buffer(buf.data(), n));
+      const uint8_t ack = 1;
+      asio::write(s, asio::buffer(&ack, 1));
+    } else {
+      asio::write(s, asio::buffer(buf.data(), n));
+    }
+  }
+}
+
+class RawBulk {
+ public:
+  explicit RawBulk(size_t max_bytes) : path_(dir_ + "/bulk") {
+    pid_ = start_raw_server({"--raw-bulk-server", path_, std::to_string(max_bytes)});
+    try {
+      socket_.connect(local::endpoint(path_));
+    } catch (...) {
+      stop();
+      throw;
+    }
+  }
+  ~RawBulk() { stop(); }
+
+  // Seconds to send `n` bytes from `data` and have the server acknowledge them.
+  double put(const void* data, size_t n) {
+    const auto head = header(kBulkPut, n);
+    const auto t0 = Clock::now();
+    asio::write(socket_, std::array<asio::const_buffer, 2>{asio::buffer(head), asio::buffer(data, n)});
+    uint8_t ack;
+    asio::read(socket_, asio::buffer(&ack, 1));
+    return seconds_since(t0);
+  }
+  // Seconds to ask for `n` bytes and receive them into `into`.
+  double get(void* into, size_t n) {
+    const auto head = header(kBulkGet, n);
+    const auto t0 = Clock::now();
+    asio::write(socket_, asio::buffer(head));
+    asio::read(socket_, asio::buffer(into, n));
+    return seconds_since(t0);
+  }
+
+ private:
+  static std::array<uint8_t, 9> header(uint8_t op, uint64_t n) {
+    std::array<uint8_t, 9> h{op};
+    std::memcpy(h.data() + 1, &n, 8);
+    return h;
+  }
+  void stop() {
+    socket_.close();  // the server exits at the end of its stream
+    if (pid_ > 0) ::waitpid(pid_, nullptr, 0);
+    pid_ = -1;
+    ::unlink(path_.c_str());
+    ::rmdir(dir_.c_str());
+  }
+
+  asio::io_context io_;
+  std::string dir_ = make_temp_dir();
+  std::string path_;
+  pid_t pid_ = -1;
+  local::socket socket_{io_};
+};
+
+// This process's peak resident set: reset to the current RSS (Linux's
+// clear_refs "5"), then read back as VmHWM from /proc/self/status.
+bool reset_peak_rss() {
+  std::ofstream f("/proc/self/clear_refs");
+  f << "5";
+  f.flush();
+  return static_cast<bool>(f);
+}
+
+double status_mib(const char* field) {
+  std::ifstream f("/proc/self/status");
+  const std::string want = std::string(field) + ":";
+  for (std::string line; std::getline(f, line);) {
+    if (line.compare(0, want.size(), want) == 0) return std::stod(line.substr(want.size())) / 1024.0;  // kB
+  }
+  return 0;
+}
+
 // --- Coxswain ----------------------------------------------------------------
 
 void cox_round_trips(Controller& ctl, int iters, std::vector<double>& us) {
@@ -228,10 +356,202 @@ double cox_stream_msgs_per_s(Controller& ctl, uint64_t n, uint64_t first) {
   return static_cast<double>(n) / seconds_since(t0);
 }
 
+// One side's figures for one op at one size: seconds per round, and for
+// Coxswain the peak RSS (MiB) during its transfers and the most one added.
+struct BulkSide {
+  std::vector<double> seconds;
+  double peak_mib = 0, added_mib = 0;
+};
+
+// One Coxswain transfer: seconds, this process's peak RSS during it (reset
+// first) and what it added over the RSS when it began.
+struct Transfer {
+  double seconds = 0, peak_mib = 0, added_mib = 0;
+  bool peak_reset = false;
+};
+
+template <class F>
+Transfer measure_transfer(F transfer) {
+  Transfer t;
+  t.peak_reset = reset_peak_rss();
+  const double start = status_mib("VmRSS");
+  const auto t0 = Clock::now();
+  transfer();
+  t.seconds = seconds_since(t0);
+  t.peak_mib = status_mib("VmHWM");
+  t.added_mib = t.peak_mib - start;
+  return t;
+}
+
+// A transfer that did not finish within its limit.
+struct Stuck : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Runs `f` on a thread of its own and returns its result; throws what it
+// throws, or Stuck when it has not finished within `limit`. A stuck `f` is
+// left running, so it must own (share) whatever it uses. Today a large
+// frame can stall the runtime for good (its I/O thread waiting on the
+// back-pressure of its own channel), and nothing then unwinds it.
+Transfer run_within(std::chrono::milliseconds limit, std::function<Transfer()> f) {
+  struct State {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    Transfer result;
+    std::exception_ptr error;
+  };
+  auto st = std::make_shared<State>();
+  std::thread([st, f = std::move(f)] {
+    Transfer r;
+    std::exception_ptr e;
+    try {
+      r = f();
+    } catch (...) {
+      e = std::current_exception();
+    }
+    std::lock_guard<std::mutex> lk(st->mu);
+    st->result = r;
+    st->error = e;
+    st->done = true;
+    st->cv.notify_all();
+  }).detach();
+  std::unique_lock<std::mutex> lk(st->mu);
+  if (!st->cv.wait_for(lk, limit, [&] { return st->done; })) {
+    throw Stuck("no progress in " + std::to_string(limit.count() / 1000) + " s");
+  }
+  if (st->error) std::rethrow_exception(st->error);
+  return st->result;
+}
+
+// Coxswain's side of the bulk row: a one-worker controller and its shard,
+// shared with the threads that run its transfers.
+struct CoxBulk {
+  Controller ctl;
+  DeviceMesh mesh;
+  Tensor on_worker;
+  explicit CoxBulk(Controller c) : ctl(std::move(c)), mesh(ctl.mesh({{"w", 1}})) {}
+};
+
+// Shuts a controller down after a failure, unless that is stuck too (then
+// it is left behind: its worker exits when its heartbeats stop).
+void abandon(std::shared_ptr<CoxBulk>& cox) {
+  try {
+    run_within(std::chrono::seconds(30), [c = std::move(cox)]() mutable {
+      c.reset();
+      return Transfer{};
+    });
+  } catch (const std::exception&) {
+  }
+}
+
+// Returns false if a size below the controller's default frame limit failed.
+bool bulk(const Options& cli, JsonRows& rows) {
+  std::vector<size_t> sizes;
+  if (cli.tiny) {
+    sizes = {size_t{1} << 20, size_t{4} << 20};
+  } else if (cli.quick) {
+    // Not 256 MiB yet: a frame above the channel's 256 MiB high-water mark
+    // can stall today's runtime (see run_within), and run-all uses --quick.
+    sizes = {size_t{64} << 20, size_t{128} << 20};
+  } else {
+    for (size_t s = size_t{64} << 20; s <= size_t{2} << 30; s *= 2) sizes.push_back(s);
+  }
+  const int rounds = cli.tiny ? 2 : cli.quick ? 3 : 5;
+  const size_t frame_limit = ControllerOptions{}.max_frame_bytes;
+  RawBulk raw(sizes.back());
+  std::shared_ptr<CoxBulk> cox;  // made again after a failure
+  bool peak_reset = true, ok = true;
+
+  std::printf("\nbulk: one shard to and from one worker; medians of %d rounds taken by turns\n", rounds);
+  std::printf("%-10s %10s %12s %12s %7s %10s %12s\n", "op", "size", "coxswain", "raw asio", "ratio", "peak RSS",
+              "RSS added");
+  for (size_t bytes : sizes) {
+    const std::string mib = std::to_string(bytes >> 20) + " MiB";
+    // Generous: 30 s, plus 20 MB/s.
+    const auto limit = std::chrono::milliseconds(30000 + bytes / 20000);
+    BulkSide raw_put, raw_get, cox_put, cox_get;
+    try {
+      if (!cox) {
+        ControllerOptions o;
+        o.workers = 1;
+        cox = std::make_shared<CoxBulk>(Controller::local(o));
+      }
+      const at::Tensor src = at::arange(static_cast<int64_t>(bytes / sizeof(float)), at::kFloat);
+      auto raw_round = [&](bool timed) {
+        const double put = raw.put(src.data_ptr(), bytes);
+        std::vector<uint8_t> into(bytes, 0);  // touched before the clock starts
+        const double get = raw.get(into.data(), bytes);
+        if (timed) {
+          raw_put.seconds.push_back(put);
+          raw_get.seconds.push_back(get);
+        }
+      };
+      auto cox_round = [&](bool timed) {
+        const Transfer put = run_within(limit, [cox, src, limit] {
+          cox->on_worker = Tensor();  // the last round's shard is freed first
+          cox->mesh.sync(limit);
+          return measure_transfer([&] {
+            cox->on_worker = from_local(cox->mesh, src);
+            cox->mesh.sync(limit);
+          });
+        });
+        const Transfer get = run_within(limit, [cox, src, limit, check = !timed] {
+          at::Tensor back;
+          const Transfer t = measure_transfer([&] { back = cox->on_worker.fetch(Coord{0}).get(limit); });
+          if (check && !at::equal(back, src)) throw std::runtime_error("the fetched shard differs from the one sent");
+          return t;
+        });
+        for (auto [side, t] : {std::pair<BulkSide*, const Transfer*>{&cox_put, &put}, {&cox_get, &get}}) {
+          peak_reset = peak_reset && t->peak_reset;
+          if (!timed) continue;
+          side->seconds.push_back(t->seconds);
+          side->peak_mib = std::max(side->peak_mib, t->peak_mib);
+          side->added_mib = std::max(side->added_mib, t->added_mib);
+        }
+      };
+      // Warm up alike (Coxswain's round also checks the bytes), then by turns.
+      raw_round(false);
+      cox_round(false);
+      for (int r = 0; r < rounds; ++r) {
+        raw_round(true);
+        cox_round(true);
+      }
+    } catch (const std::exception& e) {
+      const bool stuck = dynamic_cast<const Stuck*>(&e) != nullptr;
+      const bool expected = bytes >= frame_limit;
+      std::printf("%-10s %10s   failed: %s%s%s\n", "bulk", mib.c_str(), e.what(),
+                  stuck ? " (the controller is stuck and left behind)" : "",
+                  expected ? " (at or above the default max_frame_bytes)" : "");
+      std::fflush(stdout);
+      ok = ok && expected;
+      abandon(cox);
+      continue;
+    }
+    for (auto [op, side, raw_side] : {std::tuple<const char*, BulkSide*, BulkSide*>{"from_local", &cox_put, &raw_put},
+                                      {"fetch", &cox_get, &raw_get}}) {
+      const double gbs = bytes / stats(side->seconds).median / 1e9;
+      const double raw_gbs = bytes / stats(raw_side->seconds).median / 1e9;
+      std::printf("%-10s %10s %7.2f GB/s %7.2f GB/s %7.2f %6.0f MiB %8.0f MiB%s\n", op, mib.c_str(), gbs, raw_gbs,
+                  gbs / raw_gbs, side->peak_mib, side->added_mib, peak_reset ? "" : " (peak not reset)");
+      rows.add({{"bench", "messaging"}, {"case", std::string("bulk/") + op + "/bytes=" + std::to_string(bytes)},
+                {"unit", "GB/s"}},
+               {{"value", gbs}, {"baseline", raw_gbs}, {"ratio", gbs / raw_gbs}, {"bytes", double(bytes)},
+                {"rounds", double(rounds)}, {"peak_rss_mib", side->peak_mib}, {"rss_added_mib", side->added_mib}});
+    }
+    std::fflush(stdout);
+  }
+  std::printf("bulk ratio: coxswain/raw rate (higher is better; the aim is >= 0.9). RSS added: the most one "
+              "transfer raised this process's peak RSS over its RSS when it began (for fetch, the result "
+              "tensor's S bytes included)\n");
+  return ok;
+}
+
 }  // namespace
 
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
   if (argc == 3 && std::string(argv[1]) == "--raw-server") return raw_server(argv[2]);
+  if (argc == 4 && std::string(argv[1]) == "--raw-bulk-server") return raw_bulk_server(argv[2], std::stoull(argv[3]));
   Options opts_cli;
   if (!parse_options(argc, argv, "messaging_bench", opts_cli)) return 2;
   const bool quick = opts_cli.quick;
@@ -287,9 +607,16 @@ int main(int argc, char** argv) {
               {"rounds", double(kStreamRounds)}});
   }
   std::printf("roundtrip ratio: coxswain/raw time (lower is better); one-way ratio: coxswain/raw rate (higher is better)\n");
+  const bool bulk_ok = bulk(opts_cli, rows);
   if (!json.empty() && !rows.write(json)) {
     std::cerr << "cannot write " << json << "\n";
     return 1;
   }
+  if (!bulk_ok) {
+    std::cerr << "messaging_bench: a bulk transfer below the default max_frame_bytes failed\n";
+    return 1;
+  }
   return 0;
 }
+
+int main(int argc, char** argv) { return guarded_main("messaging_bench", argc, argv, run); }

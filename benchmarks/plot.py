@@ -1,6 +1,6 @@
 """Draws the benchmarks' JSON results (benchmarks/run-all) as PNG files:
-collectives busbw and its ratio against size, and the training step time
-against model size.
+collectives busbw and its ratio against size, the training step time against
+model size, and the bulk transfer rates (messaging_bench) against size.
 
     plot.py OUTDIR           draws OUTDIR/*.png (needs matplotlib)
     plot.py --check OUTDIR   draws nothing and needs no matplotlib: checks
@@ -42,6 +42,14 @@ def training_series(out):
     return sorted((r["params"], r["value"], r["baseline"], r["ratio"]) for r in load(out, "training_bench"))
 
 
+def bulk_series(out):
+    """{op: [(bytes, GB/s, raw GB/s, ratio), ...]} from messaging_bench's bulk rows."""
+    rows = [r for r in load(out, "messaging_bench") if r["case"].startswith("bulk/")]
+    ops = sorted({r["case"].split("/")[1] for r in rows})
+    return {op: sorted((r["bytes"], r["value"], r["baseline"], r["ratio"]) for r in rows
+                       if r["case"].split("/")[1] == op) for op in ops}
+
+
 def check(out):
     """Problems with OUTDIR/*.json, as lines; none: an empty list."""
     problems = []
@@ -66,7 +74,7 @@ def check(out):
                 problems.append(f"{name} row {i} ({r['case']}): value {r['value']!r} is not a number")
             if sum(k in r for k in PAIRED) == 1:
                 problems.append(f"{name} row {i} ({r.get('case', '?')}): baseline and ratio must come together")
-    for series in (collectives_series, training_series):
+    for series in (collectives_series, training_series, bulk_series):
         try:
             series(out)
         except (KeyError, TypeError, IndexError) as e:
@@ -112,6 +120,8 @@ def draw(out):
 
     versus_size(collectives_series(out), "size per rank (bytes)", "busbw (GB/s)", "collectives",
                 "Coxswain busbw / raw busbw", 0.95, "raw Gloo", "collectives.png", log_y=True)
+    versus_size(bulk_series(out), "shard size (bytes)", "GB/s", "bulk transfers", "Coxswain rate / raw rate", 0.9,
+                "raw Asio", "bulk.png", log_y=False)
 
     pts = training_series(out)
     if pts:
