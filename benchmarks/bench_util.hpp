@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <exception>
 #include <map>
@@ -35,9 +36,12 @@ inline Stats stats(std::vector<double> v) {
 }
 
 // The options every benchmark takes: --quick (a short run, as gpu-check
-// uses) and --json FILE. Returns false (after printing usage) on anything else.
+// uses), --tiny (the smallest sizes that still run every path: what the
+// benchmarks' CTest runs; implies --quick) and --json FILE. Returns false
+// (after printing usage) on anything else.
 struct Options {
   bool quick = false;
+  bool tiny = false;
   std::string json;
   std::string device = "cpu";  // where the workers run: cpu or cuda
 };
@@ -58,12 +62,14 @@ inline bool parse_options(int argc, char** argv, const char* name, Options& o) {
     const std::string a = argv[i];
     if (a == "--quick") {
       o.quick = true;
+    } else if (a == "--tiny") {
+      o.quick = o.tiny = true;
     } else if (a == "--json" && i + 1 < argc) {
       o.json = argv[++i];
     } else if (a == "--device" && i + 1 < argc && (std::string(argv[i + 1]) == "cpu" || std::string(argv[i + 1]) == "cuda")) {
       o.device = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: %s [--quick] [--json FILE] [--device cpu|cuda]\n", name);
+      std::fprintf(stderr, "usage: %s [--quick | --tiny] [--json FILE] [--device cpu|cuda]\n", name);
       return false;
     }
   }
@@ -84,8 +90,10 @@ class JsonRows {
       first = false;
     }
     for (auto& [k, v] : numbers) {
+      // Whole numbers (sizes, counts) exactly; measurements to 6 digits.
       char num[64];
-      std::snprintf(num, sizeof num, "%.6g", v);
+      const bool whole = v == std::floor(v) && std::fabs(v) < 9007199254740992.0;  // 2^53
+      std::snprintf(num, sizeof num, whole ? "%.0f" : "%.6g", v);
       row += (first ? "" : ", ") + ("\"" + k + "\": " + num);
       first = false;
     }

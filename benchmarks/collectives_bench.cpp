@@ -55,15 +55,16 @@ struct Plan {
   size_t min_bytes = 1024;
   size_t max_bytes = size_t{64} << 20;
   std::vector<std::string> ops = kOps;
+  int max_iters = 100;  // calls per round at most
 
   std::vector<size_t> sizes() const {
     std::vector<size_t> v;
     for (size_t b = min_bytes; b <= max_bytes; b *= 4) v.push_back(b);
     return v;
   }
-  // Calls per round: about 32 MiB of buffer per round, 2 to 100 calls.
-  static int iters(size_t bytes) {
-    return static_cast<int>(std::clamp<size_t>((size_t{32} << 20) / bytes, 2, 100));
+  // Calls per round: about 32 MiB of buffer per round, 2 to max_iters calls.
+  int iters(size_t bytes) const {
+    return static_cast<int>(std::clamp<size_t>((size_t{32} << 20) / bytes, 2, static_cast<size_t>(max_iters)));
   }
 };
 
@@ -78,6 +79,7 @@ double bus_factor(const std::string& op, int n) {
 // The baseline: one rank of a plain SPMD program on raw Gloo.
 
 int run_baseline_rank(const Plan& plan, int rank, const std::string& dir) {
+  cox::bench::SpmdGroup::set_rank_threads();
   gloo::transport::tcp::attr attr;
   attr.hostname = "127.0.0.1";
   auto dev = gloo::transport::tcp::CreateDevice(attr);
@@ -135,7 +137,7 @@ int run_baseline_rank(const Plan& plan, int rank, const std::string& dir) {
           gloo::alltoall(o);
         };
       }
-      const int k = Plan::iters(bytes);
+      const int k = plan.iters(bytes);
       // Rank 0 waits for the go of the benchmark's driver (a byte on stdin),
       // so that this block and Coxswain's run by turns, never together.
       if (rank == 0 && !cox::bench::SpmdGroup::wait_turn()) return 1;
@@ -171,7 +173,8 @@ void run_both(const Plan& plan, const char* self, std::map<std::pair<std::string
   cox::bench::SpmdGroup baseline(self, plan.workers, [&](int r, const std::string& dir) {
     return std::vector<std::string>{"--baseline-rank", std::to_string(r), "--baseline-dir", dir, "--workers",
                                     std::to_string(plan.workers), "--min-bytes", std::to_string(plan.min_bytes),
-                                    "--max-bytes", std::to_string(plan.max_bytes), "--ops", ops};
+                                    "--max-bytes", std::to_string(plan.max_bytes), "--max-iters",
+                                    std::to_string(plan.max_iters), "--ops", ops};
   });
   const int64_t n = plan.workers;
   for (const auto& op : plan.ops) {
@@ -192,7 +195,7 @@ void run_both(const Plan& plan, const char* self, std::map<std::pair<std::string
       } else {
         call = [&] { cox::all_to_all(full, {"x"}); };
       }
-      const int k = Plan::iters(bytes);
+      const int k = plan.iters(bytes);
       call();
       mesh.sync();
       std::vector<double> rounds;
@@ -246,6 +249,8 @@ int main(int argc, char** argv) {
         }
         plan.ops.push_back(op);
       }
+    } else if (a == "--max-iters") {
+      plan.max_iters = std::stoi(value());
     } else if (a == "--baseline-rank") {
       baseline_rank = std::stoi(value());
     } else if (a == "--baseline-dir") {
@@ -256,12 +261,18 @@ int main(int argc, char** argv) {
   }
   if (baseline_rank >= 0) return run_baseline_rank(plan, baseline_rank, baseline_dir);
   if (!cox::bench::parse_options(static_cast<int>(rest.size()), rest.data(), "collectives_bench", common)) {
-    std::fprintf(stderr, "       [--workers N] [--min-bytes B] [--max-bytes B] [--ops all_reduce,...]\n");
+    std::fprintf(stderr,
+                 "       [--workers N] [--min-bytes B] [--max-bytes B] [--max-iters K] [--ops all_reduce,...]\n");
     return 2;
   }
   if (common.quick) plan.max_bytes = std::min<size_t>(plan.max_bytes, size_t{4} << 20);
-  if (plan.workers < 2 || plan.min_bytes < 64 || plan.min_bytes > plan.max_bytes) {
-    std::fprintf(stderr, "need --workers >= 2 and 64 <= --min-bytes <= --max-bytes\n");
+  if (common.tiny) {
+    plan.workers = 2;
+    plan.max_bytes = std::min<size_t>(plan.max_bytes, size_t{16} << 10);
+    plan.max_iters = std::min(plan.max_iters, 5);
+  }
+  if (plan.workers < 2 || plan.min_bytes < 64 || plan.min_bytes > plan.max_bytes || plan.max_iters < 2) {
+    std::fprintf(stderr, "need --workers >= 2, 64 <= --min-bytes <= --max-bytes and --max-iters >= 2\n");
     return 2;
   }
   // Sizes must split evenly over the workers in float32 elements.

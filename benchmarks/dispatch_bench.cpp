@@ -9,7 +9,7 @@
 // Workloads: `add` of two 1K-float tensors, and a 4-op chain
 // (add, mul, relu, sub). With --device cuda the workers are CUDA workers on
 // GPU 0 and the raw loop runs on that GPU (each timing ends when the GPU is
-// done). Usage: dispatch_bench [--quick] [--json FILE] [--device cpu|cuda]
+// done). Usage: dispatch_bench [--quick | --tiny] [--json FILE] [--device cpu|cuda]
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -73,14 +73,14 @@ int run(int argc, char** argv) {
   const bool quick = opts_cli.quick;
   const std::string json = opts_cli.json;
   at::set_num_threads(1);  // small ops: what is measured is dispatch, not kernels
-  const int iters = quick ? 5000 : 20000;
+  const int iters = opts_cli.tiny ? 400 : quick ? 5000 : 20000;
   JsonRows rows;
   std::printf("%-8s %7s %14s %14s %14s %8s\n", "workload", "workers", "issue ops/s", "e2e ops/s", "raw ops/s",
               "raw/e2e");
   const bool cuda = opts_cli.device == "cuda";
   const at::Device device = cuda ? at::Device("cuda:0") : at::Device(at::kCPU);
   std::printf("workers on %s\n", device.str().c_str());
-  for (int workers : {1, 4}) {
+  for (int workers : opts_cli.tiny ? std::vector<int>{1, 2} : std::vector<int>{1, 4}) {
     ControllerOptions opts;
     opts.workers = workers;
     opts.device = opts_cli.device;

@@ -5,18 +5,28 @@
 // the ranks time the block, rank 0 writes the time, and only then does the
 // Coxswain side run its block. Both sides meet the same machine, which on a
 // small or shared one matters more than anything measured.
+//
+// Each rank gets the intra-op threads a Coxswain worker of an N-worker mesh
+// gets: $OMP_NUM_THREADS where the user set it, else the cores of this
+// process's affinity mask / N, at least 1 (the rule of Controller::Impl::
+// spawn_all). The ranks inherit it as OMP_NUM_THREADS and apply it with
+// at::set_num_threads (set_rank_threads), whatever the OpenMP runtime makes
+// of the variable.
 #pragma once
 
+#include <ATen/Parallel.h>
+
+#include <sched.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
 #include <stdexcept>
 #include <string>
-#include <thread>
 #include <vector>
 
 extern char** environ;
@@ -25,8 +35,27 @@ namespace cox::bench {
 
 class SpmdGroup {
  public:
-  // Starts `n` ranks of `self` with args(rank, scratch_dir) each. Ranks get
-  // OMP_NUM_THREADS = cores / n unless it is set, as Coxswain's workers do.
+  // The intra-op threads of each of `n` ranks (or workers) sharing this
+  // process's cores, unless $OMP_NUM_THREADS says otherwise: as the
+  // controller computes it for the workers it spawns.
+  static int threads_per_rank(int n) {
+    cpu_set_t cpus;
+    CPU_ZERO(&cpus);
+    const int cores = ::sched_getaffinity(0, sizeof cpus, &cpus) == 0 ? CPU_COUNT(&cpus) : 1;
+    return std::max(1, cores / std::max(1, n));
+  }
+
+  // On a rank: applies its share (OMP_NUM_THREADS, which the group set unless
+  // the user had) to libtorch's intra-op pool; returns it.
+  static int set_rank_threads() {
+    const char* env = std::getenv("OMP_NUM_THREADS");
+    const int threads = env ? std::max(1, std::atoi(env)) : 1;
+    at::set_num_threads(threads);
+    return threads;
+  }
+
+  // Starts `n` ranks of `self` with args(rank, scratch_dir) each, with
+  // OMP_NUM_THREADS = threads_per_rank(n) unless it is set.
   SpmdGroup(const char* self, int n, const std::function<std::vector<std::string>(int, const std::string&)>& args) {
     char tmpl[] = "/tmp/cox-bench-XXXXXX";
     if (!::mkdtemp(tmpl)) throw std::runtime_error("mkdtemp failed");
@@ -35,10 +64,7 @@ class SpmdGroup {
     if (::pipe(go) != 0 || ::pipe(result) != 0) throw std::runtime_error("pipe failed");
     std::vector<std::string> env;
     for (char** e = environ; e && *e; ++e) env.emplace_back(*e);
-    if (!std::getenv("OMP_NUM_THREADS")) {
-      const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-      env.push_back("OMP_NUM_THREADS=" + std::to_string(std::max(1u, cores / static_cast<unsigned>(n))));
-    }
+    if (!std::getenv("OMP_NUM_THREADS")) env.push_back("OMP_NUM_THREADS=" + std::to_string(threads_per_rank(n)));
     std::vector<char*> envp;
     for (auto& e : env) envp.push_back(e.data());
     envp.push_back(nullptr);

@@ -148,6 +148,7 @@ class SpmdTrainer {
 };
 
 int run_spmd_rank(const Plan& plan, int rank, const std::string& dir) {
+  cox::bench::SpmdGroup::set_rank_threads();
   gloo::transport::tcp::attr attr;
   attr.hostname = "127.0.0.1";
   auto dev = gloo::transport::tcp::CreateDevice(attr);
@@ -219,6 +220,11 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (common.quick) plan.steps = std::min(plan.steps, 5);
+  if (common.tiny) {
+    plan.workers = 2;
+    plan.hidden = {16, 64};
+    plan.steps = 2;
+  }
   if (plan.workers < 2 || plan.steps < 1 || plan.hidden.empty()) {
     std::fprintf(stderr, "need --workers >= 2, --steps >= 1 and at least one --hidden size\n");
     return 2;
