@@ -262,6 +262,8 @@ struct Controller::Impl::Worker final : transport::Channel::Handler {
   // supervision.cpp
   void on_frame(const wire::FrameView& f) override;
   void on_read_done() override;
+  uint8_t* chunk_sink(wire::MsgType type, uint64_t request, uint64_t offset, uint64_t len) override;
+  void on_chunk(wire::MsgType type, uint64_t request, uint64_t offset, uint64_t len) override;
   void on_closed(const std::string& reason) override { impl.on_closed(*this, reason); }
 
   Impl& impl;

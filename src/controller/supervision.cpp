@@ -87,11 +87,17 @@ struct Controller::Impl::Inbound {
     if (in.value.defined()) {
       std::memcpy(static_cast<uint8_t*>(in.value.data_ptr()) + m.offset, m.data.data, m.data.size);
     }
-    in.received += m.data.size;
+    received(it, m.data.size);
+  }
+  // Bytes of a fetch are in place.
+  void received(std::unordered_map<uint64_t, Worker::Incoming>::iterator it, uint64_t n) {
+    Worker::Incoming& in = it->second;
+    in.received += n;
     if (in.received < in.nbytes) return;
+    const uint64_t request = it->first;
     Worker::Incoming done = std::move(in);
     w.incoming.erase(it);
-    finish(m.request, std::move(done));
+    finish(request, std::move(done));
   }
   void finish(uint64_t request, Worker::Incoming in) {
     if (in.value.defined()) {
@@ -115,6 +121,21 @@ struct Controller::Impl::Inbound {
 
 void Controller::Impl::Worker::on_frame(const wire::FrameView& f) {
   wire::dispatch<wire::Dir::kToController>(f, Inbound{impl, *this});
+}
+
+// A large FetchData chunk is read by the channel straight into the result,
+// when it is the one due.
+uint8_t* Controller::Impl::Worker::chunk_sink(wire::MsgType type, uint64_t request, uint64_t offset, uint64_t len) {
+  if (type != wire::MsgType::kFetchData) return nullptr;
+  auto it = incoming.find(request);
+  if (it == incoming.end()) return nullptr;
+  Incoming& in = it->second;
+  if (!in.value.defined() || offset != in.received || len > in.nbytes - in.received) return nullptr;
+  return static_cast<uint8_t*>(in.value.data_ptr()) + offset;
+}
+
+void Controller::Impl::Worker::on_chunk(wire::MsgType, uint64_t request, uint64_t, uint64_t len) {
+  Inbound{impl, *this}.received(incoming.find(request), len);
 }
 
 void Controller::Impl::Worker::on_read_done() {

@@ -3,6 +3,7 @@
 #include "transport/channel.hpp"
 
 #include <asio/post.hpp>
+#include <asio/read.hpp>
 #include <asio/write.hpp>
 
 #include <sys/socket.h>
@@ -19,6 +20,11 @@ using Clock = std::chrono::steady_clock;
 constexpr size_t kReadChunk = 256 * 1024;
 // Small frames are batched into items of up to this many bytes.
 constexpr size_t kBatchBytes = 256 * 1024;
+// Chunks at least this large are read straight into place (when the
+// handler says where).
+constexpr size_t kDirectChunk = 64 * 1024;
+// Written batches' buffers kept for reuse.
+constexpr size_t kSpareBuffers = 4;
 // Data written per write operation, at most (one message more, when a
 // fragmented message must not be split by a control frame): the longest a
 // control frame waits.
@@ -63,7 +69,13 @@ void Channel::append_locked(const uint8_t* data, size_t n, bool ends_message) {
     }
   }
   Item it;
-  it.bytes.assign(data, data + n);
+  if (!spare_.empty()) {
+    // A written batch's buffer: appending to it allocates nothing.
+    it.bytes = std::move(spare_.back());
+    spare_.pop_back();
+    it.bytes.clear();
+  }
+  it.bytes.insert(it.bytes.end(), data, data + n);
   it.ends_message = ends_message;
   data_.push_back(std::move(it));
 }
@@ -227,6 +239,12 @@ void Channel::on_written(const std::error_code& ec) {
   std::unique_lock<std::mutex> lk(mu_);
   written_.fetch_add(inflight_data_, std::memory_order_relaxed);
   done.swap(inflight_);
+  for (Item& it : done) {
+    if (spare_.size() >= kSpareBuffers) break;
+    if (!it.tail && it.bytes.capacity() >= 4096 && it.bytes.capacity() <= 2 * kBatchBytes) {
+      spare_.push_back(std::move(it.bytes));
+    }
+  }
   writing_ = false;
   const bool notify = waiters_ > 0;
   if (!closed_ && (!control_.empty() || !data_.empty())) {
@@ -308,12 +326,51 @@ void Channel::on_read(const std::error_code& ec, size_t n) {
       std::memmove(in_.data(), in_.data() + used, in_len_ - used);
       in_len_ -= used;
     }
+    if (need >= kDirectChunk && read_chunk_direct()) return;
   } catch (const ProtocolError& e) {
     fail(std::string("protocol error: ") + e.what());
     return;
   }
   if (need > in_.size()) in_.resize(need);
   read_more();
+}
+
+bool Channel::read_chunk_direct() {
+  if (in_len_ < wire::kChunkOverhead) return false;
+  const auto type = static_cast<wire::MsgType>(in_[wire::kFrameHeaderBytes]);
+  if (type != wire::MsgType::kPutData && type != wire::MsgType::kFetchData) return false;
+  uint32_t frame_len;
+  uint64_t id, offset, len;
+  std::memcpy(&frame_len, in_.data(), 4);
+  std::memcpy(&id, in_.data() + 5, 8);
+  std::memcpy(&offset, in_.data() + 13, 8);
+  std::memcpy(&len, in_.data() + 21, 8);
+  // A chunk whose lengths disagree goes the usual way, to be refused there.
+  if (uint64_t{frame_len} != wire::kChunkOverhead - wire::kFrameHeaderBytes + len) return false;
+  uint8_t* dest = handler_->chunk_sink(type, id, offset, len);
+  if (!dest) return false;
+  const size_t have = in_len_ - wire::kChunkOverhead;
+  std::memcpy(dest, in_.data() + wire::kChunkOverhead, have);
+  in_len_ = 0;
+  asio::async_read(socket_, asio::buffer(dest + have, static_cast<size_t>(len) - have),
+                   [self = shared_from_this(), type, id, offset, len](const std::error_code& ec, size_t) {
+                     if (self->failed_) return;
+                     if (ec) {
+                       self->fail(ec == asio::error::eof ? std::string("connection closed by peer")
+                                                         : "read failed: " + ec.message());
+                       return;
+                     }
+                     self->last_receive_.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed);
+                     try {
+                       self->handler_->on_chunk(type, id, offset, len);
+                       self->handler_->on_read_done();
+                     } catch (const ProtocolError& e) {
+                       self->fail(std::string("protocol error: ") + e.what());
+                       return;
+                     }
+                     self->read_more();
+                   });
+  return true;
 }
 
 void Channel::close(const std::string& reason) { fail(reason); }

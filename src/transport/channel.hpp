@@ -48,6 +48,15 @@ class Channel : public std::enable_shared_from_this<Channel> {
     virtual void on_frame(const wire::FrameView& f) = 0;
     // I/O thread: the frames of one read have all been delivered.
     virtual void on_read_done() {}
+    // I/O thread: a large tensor chunk (PutData or FetchData) is arriving.
+    // Returning where its `len` bytes belong lets the channel read them
+    // straight there, skipping its buffer; on_chunk() follows once they
+    // are all in. Returning nullptr delivers it through on_frame() as usual
+    // (so that a bad chunk is refused there, with the reason).
+    virtual uint8_t* chunk_sink(wire::MsgType, uint64_t /*id*/, uint64_t /*offset*/, uint64_t /*len*/) {
+      return nullptr;
+    }
+    virtual void on_chunk(wire::MsgType, uint64_t /*id*/, uint64_t /*offset*/, uint64_t /*len*/) {}
     // I/O thread, once: the channel is closed (peer closed it, an I/O error,
     // a protocol error, or close()).
     virtual void on_closed(const std::string& reason) = 0;
@@ -136,6 +145,9 @@ class Channel : public std::enable_shared_from_this<Channel> {
   void on_written(const std::error_code& ec);
   void read_more();
   void on_read(const std::error_code& ec, size_t n);
+  // With the header of a large chunk at the front of in_: reads its payload
+  // into the handler's sink, when it gives one. Returns whether it did.
+  bool read_chunk_direct();
   void fail(const std::string& reason);
 
   Socket socket_;
@@ -157,6 +169,7 @@ class Channel : public std::enable_shared_from_this<Channel> {
   std::deque<Item> data_;             // under mu_
   std::vector<Item> inflight_;        // being written (I/O thread, or the direct writer)
   std::vector<asio::const_buffer> buffers_;
+  std::vector<std::vector<uint8_t>> spare_;  // under mu_: written batches' buffers, for reuse
   size_t inflight_data_ = 0;          // data bytes of inflight_
   bool resume_first_ = false;         // data_.front() is the rest of a partly written frame
   bool writing_ = false;              // under mu_: a write of inflight_ is in progress

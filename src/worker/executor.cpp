@@ -27,7 +27,9 @@ Executor::Executor(int rank, const at::Device& device, Outbox& out, StreamReader
       in_(in),
       tensors_(rank, device, out,
                hooks(std::move(gloo_hostname),
-                     [this](uint64_t comm, const std::string& blob) { return rendezvous(comm, blob); })) {}
+                     [this](uint64_t comm, const std::string& blob) { return rendezvous(comm, blob); })) {
+  in_.set_chunk_sink(this);
+}
 
 void Executor::on(const wire::Sync& m) {
   // On a GPU, done means done on the device too.

@@ -13,7 +13,7 @@
 
 namespace cox::worker {
 
-class Executor {
+class Executor final : public StreamReader::ChunkSink {
  public:
   Executor(int rank, const at::Device& device, Outbox& out, StreamReader& in, std::string gloo_hostname);
 
@@ -58,6 +58,10 @@ class Executor {
     if (auto err = tensors_.transfer(m)) report("to_mesh", *err);
   }
   void on(const wire::RendezvousReply& m);
+
+  // Large PutData chunks, read by the stream reader straight into place.
+  uint8_t* chunk_sink(uint64_t id, uint64_t offset, uint64_t len) override { return tensors_.put_sink(id, offset, len); }
+  void on_chunk(uint64_t id, uint64_t, uint64_t len) override { tensors_.put_received(id, len); }
 
  private:
   // Sends this member's blob and reads on until the controller answers.

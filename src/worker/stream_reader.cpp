@@ -10,6 +10,11 @@
 
 namespace cox::worker {
 
+namespace {
+// Chunks at least this large are read straight into their tensor.
+constexpr size_t kDirectChunk = 64 * 1024;
+}  // namespace
+
 StreamReader::StreamReader(int fd, size_t max_frame) : fd_(fd), scanner_(max_frame), buf_(256 * 1024) {}
 
 std::optional<wire::FrameView> StreamReader::next() {
@@ -38,32 +43,66 @@ std::optional<wire::FrameView> StreamReader::next_from_socket() {
       have_ -= pos_;
       pos_ = 0;
     }
+    if (need >= kDirectChunk && sink_ && assembler_.idle()) {
+      if (read_chunk_direct(need)) continue;
+    }
     if (need > buf_.size()) buf_.resize(need);
     if (!fill()) return std::nullopt;
   }
 }
 
+bool StreamReader::read_chunk_direct(size_t need) {
+  const size_t have = have_ - pos_;
+  if (have < wire::kChunkOverhead) return false;
+  const uint8_t* h = buf_.data() + pos_;
+  if (static_cast<wire::MsgType>(h[wire::kFrameHeaderBytes]) != wire::MsgType::kPutData) return false;
+  uint64_t id, offset, len;
+  std::memcpy(&id, h + 5, 8);
+  std::memcpy(&offset, h + 13, 8);
+  std::memcpy(&len, h + 21, 8);
+  // A chunk whose lengths disagree goes the usual way, to be refused there.
+  if (need != wire::kChunkOverhead + len) return false;
+  uint8_t* dest = sink_->chunk_sink(id, offset, len);
+  if (!dest) return false;
+  const size_t got = have - wire::kChunkOverhead;
+  std::memcpy(dest, h + wire::kChunkOverhead, got);
+  pos_ = have_ = 0;
+  if (!read_into(dest + got, static_cast<size_t>(len) - got, true)) {
+    throw Error("the controller closed the connection in the middle of a tensor");
+  }
+  sink_->on_chunk(id, offset, len);
+  return true;
+}
+
 bool StreamReader::fill() {
   if (have_ == buf_.size()) buf_.resize(buf_.size() * 2);
-  for (;;) {
+  return read_into(buf_.data() + have_, buf_.size() - have_, false);
+}
+
+bool StreamReader::read_into(uint8_t* p, size_t n, bool all) {
+  size_t done = 0;
+  while (done < n) {
     // The socket is blocking unless the I/O thread's writes made it
     // non-blocking; then poll() is the wait.
     idle_.store(true, std::memory_order_relaxed);
-    ssize_t n = ::read(fd_, buf_.data() + have_, buf_.size() - have_);
+    ssize_t r = ::read(fd_, p + done, n - done);
     idle_.store(false, std::memory_order_relaxed);
-    if (n > 0) {
-      have_ += static_cast<size_t>(n);
+    if (r > 0) {
+      done += static_cast<size_t>(r);
       last_receive_.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed);
-      return true;
+      if (p == buf_.data() + have_) have_ += static_cast<size_t>(r);
+      if (!all) return true;
+      continue;
     }
-    if (n == 0) return false;
+    if (r == 0) return false;
     if (errno == EINTR) continue;
     if (errno != EAGAIN && errno != EWOULDBLOCK) throw Error(std::string("read failed: ") + std::strerror(errno));
     idle_.store(true, std::memory_order_relaxed);
-    pollfd p{fd_, POLLIN, 0};
-    ::poll(&p, 1, -1);  // the I/O thread's heartbeat check ends a silent controller
+    pollfd pfd{fd_, POLLIN, 0};
+    ::poll(&pfd, 1, -1);  // the I/O thread's heartbeat check ends a silent controller
     idle_.store(false, std::memory_order_relaxed);
   }
+  return true;
 }
 
 }  // namespace cox::worker

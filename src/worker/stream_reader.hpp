@@ -26,7 +26,17 @@ class StreamReader {
  public:
   using Clock = std::chrono::steady_clock;
 
+  // Where a large PutData chunk's bytes go (the tensor being received):
+  // read straight there, skipping the buffer. nullptr: delivered by next()
+  // as usual (so that a bad chunk is refused there, with the reason).
+  struct ChunkSink {
+    virtual ~ChunkSink() = default;
+    virtual uint8_t* chunk_sink(uint64_t id, uint64_t offset, uint64_t len) = 0;
+    virtual void on_chunk(uint64_t id, uint64_t offset, uint64_t len) = 0;  // the bytes are in
+  };
+
   StreamReader(int fd, size_t max_frame);
+  void set_chunk_sink(ChunkSink* sink) noexcept { sink_ = sink; }
 
   // The next frame, or nullopt when the controller closed the stream. The
   // view is valid until the next call of next() or wait_for().
@@ -58,8 +68,14 @@ class StreamReader {
 
  private:
   std::optional<wire::FrameView> next_from_socket();
+  // Reads into [p, p+n) (the buffer's free space, or a sink); false at the
+  // end of the stream. `all`: until n bytes are in.
+  bool read_into(uint8_t* p, size_t n, bool all);
   bool fill();
+  // A large PutData chunk whose header is at pos_: read into its sink.
+  bool read_chunk_direct(size_t need);
 
+  ChunkSink* sink_ = nullptr;
   const int fd_;
   wire::FrameScanner scanner_;
   wire::Assembler assembler_;

@@ -342,11 +342,25 @@ void Tensors::put_data(const wire::PutData& m) {
                                     m.offset + m.data.size, m.id, in.received, nbytes));
   }
   std::memcpy(static_cast<uint8_t*>(in.value.data_ptr()) + m.offset, m.data.data, m.data.size);
-  in.received += m.data.size;
-  if (in.received < nbytes) return;
+  put_received(m.id, m.data.size);
+}
+
+uint8_t* Tensors::put_sink(uint64_t id, uint64_t offset, uint64_t len) {
+  auto it = incoming_.find(id);
+  if (it == incoming_.end()) return nullptr;
+  Incoming& in = it->second;
+  if (offset != in.received || len > static_cast<uint64_t>(in.value.nbytes()) - in.received) return nullptr;
+  return static_cast<uint8_t*>(in.value.data_ptr()) + offset;
+}
+
+void Tensors::put_received(uint64_t id, uint64_t len) {
+  auto it = incoming_.find(id);
+  Incoming& in = it->second;
+  in.received += len;
+  if (in.received < static_cast<uint64_t>(in.value.nbytes())) return;
   Incoming done = std::move(in);
   incoming_.erase(it);
-  finish_put(m.id, std::move(done));
+  finish_put(id, std::move(done));
 }
 
 void Tensors::finish_put(uint64_t id, Incoming in) {

@@ -54,6 +54,10 @@ class Tensors {
   // A tensor from the controller: its header, then its chunks.
   void put(const wire::Put& m);
   void put_data(const wire::PutData& m);
+  // Where a chunk of a tensor being received goes, when it is the one due
+  // (else nullptr); and its bytes are in.
+  uint8_t* put_sink(uint64_t id, uint64_t offset, uint64_t len);
+  void put_received(uint64_t id, uint64_t len);
   void seed(const wire::Seed& m);
   // Backward failures have no output to mark: they are returned as a message.
   std::optional<std::string> backward(const wire::Backward& m);

@@ -157,8 +157,11 @@ TEST_CASE("one shard over 4 GiB goes there and back", "[.][transfer][large]") {
   v.narrow(0, (int64_t{1} << 32) - 2048, 4096).fill_(9);
   v.narrow(0, n - 100, 100).fill_(11);
   Tensor t = from_local(mesh, v);
-  // The worker sees every byte: its sum.
-  REQUIRE(t.sum().item<int64_t>() == v.sum().item<int64_t>());
+  // The worker has the bytes where they belong, on both sides of 4 GiB.
+  for (int64_t at : {int64_t{0}, (int64_t{1} << 32) - 2048, n - 4096}) {
+    INFO("at byte " << at);
+    REQUIRE(t.narrow(0, at, 4096).to(at::kLong).sum().item<int64_t>() == v.narrow(0, at, 4096).to(at::kLong).sum().item<int64_t>());
+  }
   at::Tensor back = t.fetch({0}).get();
   REQUIRE(back.numel() == n);
   REQUIRE(at::equal(back, v));
