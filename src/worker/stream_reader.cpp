@@ -43,7 +43,7 @@ std::optional<wire::FrameView> StreamReader::next_from_socket() {
       have_ -= pos_;
       pos_ = 0;
     }
-    if (need >= kDirectChunk && sink_ && assembler_.idle()) {
+    if (need >= kDirectChunk && sink_ && !waiting_ && stash_.empty() && assembler_.idle()) {
       if (read_chunk_direct(need)) continue;
     }
     if (need > buf_.size()) buf_.resize(need);

@@ -47,6 +47,13 @@ class StreamReader {
   // frame's payload; nullopt when the stream closed.
   template <class Match>
   std::optional<std::vector<uint8_t>> wait_for(wire::MsgType type, Match&& match) {
+    // Frames set aside keep their order with the chunks after them: no
+    // chunk goes straight into its tensor meanwhile.
+    waiting_ = true;
+    struct Reset {
+      bool& flag;
+      ~Reset() { flag = false; }
+    } reset{waiting_};
     for (;;) {
       auto f = next_from_socket();
       if (!f) return std::nullopt;
@@ -76,6 +83,7 @@ class StreamReader {
   bool read_chunk_direct(size_t need);
 
   ChunkSink* sink_ = nullptr;
+  bool waiting_ = false;  // in wait_for()
   const int fd_;
   wire::FrameScanner scanner_;
   wire::Assembler assembler_;

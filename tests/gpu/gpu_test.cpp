@@ -113,6 +113,22 @@ TEST_CASE("ops and fetch on a CUDA worker match local libtorch, in float32, floa
   c.sync(30s);
 }
 
+TEST_CASE("large tensors stream to and from a CUDA worker in chunks within a 64 KiB frame limit", "[gpu]") {
+  auto o = options(2);
+  o.max_frame_bytes = 65536;
+  Controller c = Controller::local(o);
+  DeviceMesh m = c.mesh({{"x", 2}});
+  const at::Tensor v = at::randn({int64_t{48} << 20});  // 192 MiB
+  Tensor t = from_local(m, v);
+  // The fetch's copy to the host runs on the worker's GPU thread, which
+  // streams it back while the worker goes on.
+  std::vector<TensorFuture> futures;
+  for (int i = 0; i < 3; ++i) futures.push_back((t * 2.0).fetch({i % 2}));
+  for (auto& f : futures) REQUIRE(at::equal(f.get(120s), v * 2.0));
+  REQUIRE(at::equal(t.to_mesh(m.slice("x", 1, 2)).fetch({0}).get(120s), v));
+  REQUIRE(c.lost_workers().empty());
+}
+
 TEST_CASE("errors on a CUDA worker reach the controller with libtorch's and CUDA's message", "[gpu]") {
   Controller& c = one();
   DeviceMesh m = c.mesh({{"x", 1}});
