@@ -42,6 +42,12 @@ ssize_t send_some(int fd, const uint8_t* p, size_t n) {
   }
 }
 
+// Counters written only under the channel's lock (read without it): a plain
+// store, not a locked read-modify-write, on the per-message path.
+inline void add(std::atomic<uint64_t>& counter, uint64_t n) {
+  counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+}
+
 }  // namespace
 
 Channel::Channel(Socket socket, size_t max_frame, Handler* handler)
@@ -60,7 +66,7 @@ bool Channel::closed() const {
 // --- sending -----------------------------------------------------------------------
 
 void Channel::append_locked(const uint8_t* data, size_t n, bool ends_message) {
-  queued_.fetch_add(n, std::memory_order_relaxed);
+  add(queued_, n);
   if (!data_.empty()) {
     Item& back = data_.back();
     if (!back.tail && back.ends_message && ends_message && back.bytes.size() + n <= kBatchBytes) {
@@ -94,7 +100,7 @@ bool Channel::enqueue_locked(const uint8_t* data, size_t n) {
           it.bytes.assign(head.begin(), head.end());
           it.bytes.insert(it.bytes.end(), piece, piece + k);
           it.ends_message = last;  // no control frame between the pieces of one message
-          queued_.fetch_add(it.bytes.size(), std::memory_order_relaxed);
+          add(queued_, it.bytes.size());
           data_.push_back(std::move(it));
         });
   }
@@ -130,15 +136,15 @@ uint64_t Channel::send_now(const uint8_t* data, size_t n) {
   // Idle: write from this thread, holding the lock so that the I/O thread
   // cannot start a write meanwhile.
   const ssize_t w = send_some(socket_.native_handle(), data, n);
-  queued_.fetch_add(n, std::memory_order_relaxed);
+  add(queued_, n);
   const uint64_t pos = queued_.load(std::memory_order_relaxed);
   if (w == static_cast<ssize_t>(n)) {
-    written_.fetch_add(n, std::memory_order_relaxed);
+    add(written_, n);
     return pos;
   }
   // The rest (or all, after an error the I/O thread will report) goes first.
   const size_t done = w > 0 ? static_cast<size_t>(w) : 0;
-  written_.fetch_add(done, std::memory_order_relaxed);
+  add(written_, done);
   Item it;
   it.bytes.assign(data + done, data + n);
   data_.push_front(std::move(it));
@@ -158,7 +164,7 @@ uint64_t Channel::send_borrowed(const uint8_t* head, size_t head_len, const uint
   it.tail = tail;
   it.tail_len = tail_len;
   it.keep = std::move(keep);
-  queued_.fetch_add(it.size(), std::memory_order_relaxed);
+  add(queued_, it.size());
   data_.push_back(std::move(it));
   const uint64_t pos = queued_.load(std::memory_order_relaxed);
   const bool wake = needs_write_locked();
@@ -237,7 +243,7 @@ void Channel::on_written(const std::error_code& ec) {
   }
   std::vector<Item> done;
   std::unique_lock<std::mutex> lk(mu_);
-  written_.fetch_add(inflight_data_, std::memory_order_relaxed);
+  add(written_, inflight_data_);
   done.swap(inflight_);
   for (Item& it : done) {
     if (spare_.size() >= kSpareBuffers) break;

@@ -176,8 +176,8 @@ class Channel : public std::enable_shared_from_this<Channel> {
   bool flush_posted_ = false;         // under mu_: start_write is queued on the I/O thread
   bool closed_ = false;               // under mu_
   size_t waiters_ = 0;                // under mu_: threads in a wait_*
-  std::atomic<uint64_t> queued_{0};   // data bytes ever queued
-  std::atomic<uint64_t> written_{0};  // data bytes ever written
+  std::atomic<uint64_t> queued_{0};   // data bytes ever queued (written under mu_, read anywhere)
+  std::atomic<uint64_t> written_{0};  // data bytes ever written (written under mu_, read anywhere)
 };
 
 }  // namespace cox::transport

@@ -65,7 +65,7 @@ void Executor::on(const wire::RendezvousReply& m) {
 }
 
 std::vector<std::string> Executor::rendezvous(uint64_t comm, const std::string& blob) {
-  out_.send_now(wire::Rendezvous{comm, blob});
+  out_.send_control(wire::Rendezvous{comm, blob});
   auto payload = in_.wait_for(wire::MsgType::kRendezvousReply, [&](const wire::FrameView& f) {
     return wire::decode<wire::RendezvousReply>(f).comm == comm;
   });

@@ -35,6 +35,19 @@ class Outbox {
     channel_.send_now(buf_);
   }
 
+  // Ahead of any reply being streamed (within the frame limit; else in
+  // order with the rest): for what the controller must not wait behind
+  // data for, such as a rendezvous blob.
+  template <class M>
+  void send_control(const M& m) {
+    const auto frame = wire::encode_frame(m);
+    if (frame.size() - wire::kFrameHeaderBytes <= channel_.max_frame()) {
+      channel_.send_control(frame);
+    } else {
+      channel_.send(frame);
+    }
+  }
+
   enum class Hold {
     kBorrow,  // the tensor is this fetch's own: its memory is kept until written
     kWait,    // others may change it: return only once it is written
