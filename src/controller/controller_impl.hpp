@@ -38,7 +38,6 @@
 #include <optional>
 #include <thread>
 #include <unordered_map>
-#include <unordered_set>
 #include <variant>
 
 namespace cox {
@@ -71,17 +70,27 @@ class Controller::Impl {
   void post(int rank, const std::vector<uint8_t>& bytes) { post(rank, bytes.data(), bytes.size()); }
   // The same bytes to several workers: encoded once, copied per worker, and
   // one wake-up of the I/O thread for all of them.
+  // Waits for room on every one of them first, so that a Timeout leaves
+  // none of them with the message.
   void post(const std::vector<int>& ranks, const std::vector<uint8_t>& bytes) {
+    make_room(ranks, "sending work");
     Batch b(*this);
     for (int r : ranks) b.add(r, bytes.data(), bytes.size());
   }
   void post_all(const std::vector<uint8_t>& bytes) {
-    Batch b(*this);
-    for (int r = 0; r < size(); ++r) b.add(r, bytes.data(), bytes.size());
+    std::vector<int> all(workers_.size());
+    for (int r = 0; r < size(); ++r) all[static_cast<size_t>(r)] = r;
+    post(all, bytes);
   }
+  // Waits until every worker in `ranks` has at most send_buffer_bytes
+  // queued (Timeout after send_timeout, WorkerLost for a lost one). Callers
+  // that send one message to several workers call it first, outside their
+  // own locks, and then add without waiting.
+  void make_room(const std::vector<int>& ranks, const char* what);
 
   // Sends to several workers that wake the I/O thread once, when the batch
-  // ends (even by an exception: what was added is sent).
+  // ends (even by an exception: what was added is sent). Adding never waits
+  // for room: make_room() comes first.
   class Batch {
    public:
     explicit Batch(Impl& impl) : impl_(impl) {}
@@ -106,7 +115,7 @@ class Controller::Impl {
   // Streams a tensor to a worker: `put` (its header, with nbytes) and then
   // [data, data+nbytes) in chunks within the frame limit. The bytes are
   // borrowed while `keep` lives; returns the position to wait_sent() for
-  // before the caller may change or free them.
+  // before the caller may change them. Does not wait for room (make_room()).
   uint64_t post_tensor(int rank, const wire::Put& put, const uint8_t* data, std::shared_ptr<const void> keep);
   // Waits until everything posted to `rank` up to `position` is written to
   // its socket (Timeout after send_timeout, naming the bytes pending).
@@ -127,7 +136,7 @@ class Controller::Impl {
   // The worker's reply to a request (throws WorkerLost or Timeout).
   Reply wait_reply(int rank, uint64_t request, std::optional<std::chrono::milliseconds> timeout);
   // Nobody will read this request's reply: drop it now, or when it comes.
-  void forget(uint64_t request) noexcept;
+  void forget(int rank, uint64_t request) noexcept;
 
   // The tensor engine of this controller, created on first use.
   std::shared_ptr<tensor::Engine> engine();
@@ -238,7 +247,7 @@ class Controller::Impl {
   bool shut_down_ = false;
   std::exception_ptr first_error_;  // first RemoteError since the last sync
   std::unordered_map<uint64_t, Reply> replies_;
-  std::unordered_set<uint64_t> forgotten_;  // requests whose reply nobody will read
+  std::unordered_map<uint64_t, int> forgotten_;  // requests whose reply nobody will read -> rank
   std::shared_ptr<tensor::Engine> engine_;
   std::vector<std::string> rejected_;
   struct Rendezvous {
@@ -319,11 +328,6 @@ size_t Controller::Impl::pending_bytes(int rank) const { return worker(rank).cha
 void Controller::Impl::Batch::add(int rank, const uint8_t* data, size_t n) {
   Worker& w = impl_.worker(rank);
   if (__builtin_expect(w.lost_flag.load(std::memory_order_relaxed), 0)) impl_.throw_lost(rank);
-  if (__builtin_expect(w.channel->pending() > impl_.opts_.send_buffer_bytes, 0)) {
-    // What this batch queued must be on its way before anyone waits for room.
-    impl_.wake(wake_);
-    impl_.wait_for_room(w, Clock::now() + impl_.opts_.send_timeout, "sending work");
-  }
   if (w.channel->send_deferred(data, n)) wake_.push_back(w.channel);
 }
 

@@ -179,6 +179,10 @@ void Controller::Impl::mark_lost(Worker& w, const std::string& reason) {
     w.lost = std::make_exception_ptr(
         WorkerLost(w.rank, reason, std::vector<std::string>(w.last_stderr.begin(), w.last_stderr.end())));
     w.lost_flag.store(true);
+    // Replies it will never send are not waited for.
+    for (auto it = forgotten_.begin(); it != forgotten_.end();) {
+      it = it->second == w.rank ? forgotten_.erase(it) : std::next(it);
+    }
     // No communicator that needs this worker can form now.
     for (auto& [comm, r] : rendezvous_) {
       if (std::find(r.ranks.begin(), r.ranks.end(), w.rank) != r.ranks.end()) {

@@ -66,6 +66,17 @@ void Controller::Impl::wait_for_room(Worker& w, Clock::time_point deadline, cons
   throw WorkerLost(w.rank, "connection closed");
 }
 
+void Controller::Impl::make_room(const std::vector<int>& ranks, const char* what) {
+  std::optional<Clock::time_point> deadline;
+  for (int r : ranks) {
+    Worker& w = worker(r);
+    if (w.lost_flag.load(std::memory_order_relaxed)) throw_lost(r);
+    if (w.channel->pending() <= opts_.send_buffer_bytes) continue;
+    if (!deadline) deadline = Clock::now() + opts_.send_timeout;
+    wait_for_room(w, *deadline, what);
+  }
+}
+
 void Controller::Impl::post_now(int rank, const std::vector<uint8_t>& bytes) {
   Worker& w = worker(rank);
   if (w.lost_flag.load(std::memory_order_relaxed)) throw_lost(rank);
@@ -76,8 +87,6 @@ uint64_t Controller::Impl::post_tensor(int rank, const wire::Put& put, const uin
                                        std::shared_ptr<const void> keep) {
   Worker& w = worker(rank);
   if (w.lost_flag.load(std::memory_order_relaxed)) throw_lost(rank);
-  const auto deadline = Clock::now() + opts_.send_timeout;
-  if (w.channel->pending() > opts_.send_buffer_bytes) wait_for_room(w, deadline, "from_local");
   uint64_t pos = w.channel->send(wire::encode_frame(put));
   const size_t chunk = wire::chunk_bytes(w.channel->max_frame());
   for (uint64_t off = 0; off < put.nbytes; off += chunk) {
@@ -177,11 +186,13 @@ Controller::Impl::Reply Controller::Impl::wait_reply(int rank, uint64_t request,
   return r;
 }
 
-void Controller::Impl::forget(uint64_t request) noexcept {
+void Controller::Impl::forget(int rank, uint64_t request) noexcept {
   std::lock_guard<std::mutex> lk(mu_);
   if (replies_.erase(request)) return;
+  // A lost worker answers nothing more: nothing to wait for.
+  if (rank >= 0 && rank < size() && workers_[static_cast<size_t>(rank)]->lost) return;
   try {
-    forgotten_.insert(request);
+    forgotten_.emplace(request, rank);
   } catch (...) {
   }
 }

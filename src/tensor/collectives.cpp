@@ -59,8 +59,8 @@ uint64_t Engine::comm_for(const std::vector<int>& ranks) {
   c.expect_rendezvous(id, ranks);
   try {
     post_all(ranks, wire::encode_frame(init));
-  } catch (const WorkerLost& e) {
-    // Members already told must not wait for the one that is gone.
+  } catch (const Error& e) {
+    // Members already told must not wait for the rest.
     c.fail_rendezvous(id, e.what());
     throw;
   }
@@ -125,6 +125,8 @@ std::vector<uint64_t> Engine::comms_for(const std::vector<std::vector<int>>& gro
     if (std::any_of(inits.begin(), inits.end(), [](const wire::CommInit& m) { return m.comm != 0; })) {
       const uint32_t timeout_ms = static_cast<uint32_t>(
           std::min<int64_t>(c.options().collective_timeout.count(), std::numeric_limits<uint32_t>::max()));
+      // Room on every worker first: the split reaches all of them or none.
+      c.make_room(world, "setting up communicators");
       for (size_t r = 0; r < world.size(); ++r) {
         inits[r].parent = parent;
         inits[r].timeout_ms = timeout_ms;

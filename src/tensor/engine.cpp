@@ -29,7 +29,7 @@ using wire::Writer;
 
 PendingMeta::~PendingMeta() {
   if (resolved) return;
-  if (auto e = engine.lock()) e->forget_fetch(request);
+  if (auto e = engine.lock()) e->forget_fetch(rank, request);
 }
 
 TensorImpl::~TensorImpl() {
@@ -304,6 +304,10 @@ Engine::CacheEntry Engine::infer(const OpInfo& op, const Arg* args, size_t nargs
 
 std::vector<Tensor> Engine::call(const DeviceMesh& mesh, const OpInfo& op, const Arg* args, size_t nargs) {
   COX_CHECK_ARG(nargs <= op.nargs, "{} takes {} arguments, got {}", op.qualified, op.nargs, nargs);
+  // Backpressure: wait for room on every worker of the mesh before taking
+  // the engine's lock, so that a wait holds up only this thread, and a
+  // Timeout leaves no worker with half an op.
+  impl().make_room(mesh.info()->ranks, "sending work");
   std::unique_lock<std::recursive_mutex> lk(mu_);
   define(op);
   bool any_requires_grad = false;
@@ -606,6 +610,7 @@ Tensor Engine::put(const DeviceMesh& mesh, const std::vector<at::Tensor>& values
   // it after.
   std::vector<std::pair<int, uint64_t>> sent;
   std::shared_ptr<const at::Tensor> shared;
+  impl().make_room(ranks, "from_local");  // outside the engine's lock
   for (size_t i = 0; i < ranks.size(); ++i) {
     if (i == 0 || values.size() > 1) shared = std::make_shared<const at::Tensor>((values.size() == 1 ? values[0] : values[i]).contiguous().cpu());
     const at::Tensor& c = *shared;
@@ -627,7 +632,7 @@ Tensor Engine::put(const DeviceMesh& mesh, const std::vector<at::Tensor>& values
         d.data = wire::Bytes{data + off, std::min<uint64_t>(chunk, p.nbytes - off)};
         wire::encode_frame(d, frames);
       }
-      impl().post(ranks[i], frames);
+      impl().post_nowait(ranks[i], frames.data(), frames.size());
     } else {
       sent.emplace_back(ranks[i], impl().post_tensor(ranks[i], p, data, shared));
     }
@@ -663,8 +668,9 @@ at::Tensor Engine::wait_fetch(int rank, uint64_t request, std::optional<std::chr
 }
 
 // (Also for metadata reports nobody will read.)
-void Engine::forget_fetch(uint64_t request) noexcept {
-  if (impl_) impl_->forget(request);
+void Engine::forget_fetch(int rank, uint64_t request) noexcept {
+  std::lock_guard<std::mutex> lk(free_mu_);  // as release(): detach() may be clearing impl_
+  if (impl_) impl_->forget(rank, request);
 }
 
 void Engine::backward(const Tensor& t, const Tensor& grad) {

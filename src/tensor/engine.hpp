@@ -94,7 +94,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
   uint64_t fetch(int rank, uint64_t id);
   at::Tensor wait_fetch(int rank, uint64_t request, std::optional<std::chrono::milliseconds> timeout);
   // The fetch's result will not be read: its reply is dropped.
-  void forget_fetch(uint64_t request) noexcept;
+  void forget_fetch(int rank, uint64_t request) noexcept;
   void resolve(PendingMeta& p);
 
   void backward(const Tensor& t, const Tensor& grad);

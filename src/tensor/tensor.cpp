@@ -126,7 +126,7 @@ TensorFuture& TensorFuture::operator=(TensorFuture&& other) noexcept {
 TensorFuture::~TensorFuture() { release(); }
 
 void TensorFuture::release() noexcept {
-  if (engine_ && !answered_) engine_->forget_fetch(request_);
+  if (engine_ && !answered_) engine_->forget_fetch(rank_, request_);
   engine_ = nullptr;
 }
 

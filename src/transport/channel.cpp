@@ -88,12 +88,15 @@ void Channel::append_locked(const uint8_t* data, size_t n, bool ends_message) {
 
 bool Channel::enqueue_locked(const uint8_t* data, size_t n) {
   if (closed_) return false;
-  if (n <= max_frame_ + wire::kFrameHeaderBytes) {
+  // Frames above a write slice are cut too: a control frame never waits
+  // behind more than a slice.
+  const size_t limit = std::min(max_frame_, kWriteSlice);
+  if (n <= limit + wire::kFrameHeaderBytes) {
     // Every frame in so few bytes is within the limit.
     append_locked(data, n, true);
   } else {
     wire::split_frames(
-        data, n, max_frame_, [&](const uint8_t* p, size_t k) { append_locked(p, k, true); },
+        data, n, limit, [&](const uint8_t* p, size_t k) { append_locked(p, k, true); },
         [&](const std::array<uint8_t, wire::kFragmentOverhead>& head, const uint8_t* piece, size_t k, bool last) {
           Item it;
           it.bytes.reserve(head.size() + k);
@@ -111,6 +114,7 @@ bool Channel::enqueue_locked(const uint8_t* data, size_t n) {
 
 uint64_t Channel::send(const uint8_t* data, size_t n) {
   std::unique_lock<std::mutex> lk(mu_);
+  if (closed_) return kDropped;
   const bool wake = enqueue_locked(data, n);
   const uint64_t pos = queued_.load(std::memory_order_relaxed);
   lk.unlock();
@@ -125,8 +129,8 @@ bool Channel::send_deferred(const uint8_t* data, size_t n) {
 
 uint64_t Channel::send_now(const uint8_t* data, size_t n) {
   std::unique_lock<std::mutex> lk(mu_);
-  if (closed_) return queued_.load(std::memory_order_relaxed);
-  if (writing_ || flush_posted_ || !data_.empty() || !control_.empty() || n > max_frame_ + wire::kFrameHeaderBytes) {
+  if (closed_) return kDropped;
+  if (writing_ || flush_posted_ || !data_.empty() || !control_.empty() || n > std::min(max_frame_, kWriteSlice) + wire::kFrameHeaderBytes) {
     const bool wake = enqueue_locked(data, n);
     const uint64_t pos = queued_.load(std::memory_order_relaxed);
     lk.unlock();
@@ -158,7 +162,7 @@ uint64_t Channel::send_now(const uint8_t* data, size_t n) {
 uint64_t Channel::send_borrowed(const uint8_t* head, size_t head_len, const uint8_t* tail, size_t tail_len,
                                 std::shared_ptr<const void> keep) {
   std::unique_lock<std::mutex> lk(mu_);
-  if (closed_) return queued_.load(std::memory_order_relaxed);
+  if (closed_) return kDropped;
   Item it;
   it.bytes.assign(head, head + head_len);
   it.tail = tail;
@@ -336,6 +340,10 @@ void Channel::on_read(const std::error_code& ec, size_t n) {
   } catch (const ProtocolError& e) {
     fail(std::string("protocol error: ") + e.what());
     return;
+  } catch (const std::exception& e) {
+    // (Out of memory for what a peer announced, say: the peer goes, not us.)
+    fail(std::string("cannot handle the peer's message: ") + e.what());
+    return;
   }
   if (need > in_.size()) in_.resize(need);
   read_more();
@@ -372,6 +380,9 @@ bool Channel::read_chunk_direct() {
                        self->handler_->on_read_done();
                      } catch (const ProtocolError& e) {
                        self->fail(std::string("protocol error: ") + e.what());
+                       return;
+                     } catch (const std::exception& e) {
+                       self->fail(std::string("cannot handle the peer's message: ") + e.what());
                        return;
                      }
                      self->read_more();

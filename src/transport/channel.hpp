@@ -70,6 +70,8 @@ class Channel : public std::enable_shared_from_this<Channel> {
   void start();
 
   // --- sending: any thread, never blocks; bytes sent after close() are dropped ---
+  // The position returned for a send on a closed channel: never written.
+  static constexpr uint64_t kDropped = ~uint64_t{0};
   // Whole frames on the data lane, batched with what is queued; a frame
   // above the limit is fragmented. Returns the data lane's position after
   // these bytes (see wait_written).

@@ -12,6 +12,7 @@
 
 #include <cox/errors.hpp>
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <cstring>
@@ -259,10 +260,16 @@ void get_container(Reader& r, std::vector<T>& v, const char* field) {
     v.resize(n);
     r.get_bytes(v.data(), n * sizeof(T), field);
   } else {
-    // Every element takes at least one byte.
+    // Every element takes at least one byte; grown as they decode, so that
+    // memory follows the bytes actually there, not the count announced.
     const uint32_t n = r.get_count(1, field);
-    v.resize(n);
-    for (T& x : v) get_field(r, x, field);
+    v.clear();
+    v.reserve(std::min<uint32_t>(n, 64));
+    for (uint32_t i = 0; i < n; ++i) {
+      T x;
+      get_field(r, x, field);
+      v.push_back(std::move(x));
+    }
   }
 }
 

@@ -155,7 +155,6 @@ std::optional<FrameView> Assembler::feed(const FrameView& f) {
     }
     total_ = m.total;
     buf_.clear();
-    buf_.reserve(static_cast<size_t>(total_));
   } else if (m.total != total_) {
     throw ProtocolError(fmt::format("fragment of a {}-byte message inside one of {} bytes", m.total, total_));
   }

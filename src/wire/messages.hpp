@@ -43,8 +43,9 @@ constexpr size_t kMinMaxFrame = 4096;
 // limit is lower): small enough that control messages are never stuck for
 // long behind one, large enough that headers cost nothing.
 constexpr size_t kMaxChunk = size_t{4} << 20;
-// A message put back together from fragments may be at most this large.
-constexpr size_t kMaxMessage = size_t{1} << 30;
+// A message put back together from fragments may be as large as one frame
+// could describe; the receiver's memory grows with the pieces that come.
+constexpr size_t kMaxMessage = 0xffffffffu;
 
 // Who receives a message.
 enum class Dir : uint8_t {
