@@ -83,8 +83,7 @@ TEST_CASE("blocking calls honour their deadlines while a worker is busy, and rec
   // work issued to it after that waits for room the same way.
   times_out([&] { from_local(mesh.slice("w", 1), big); }, "worker 1 has", 10000ms);
   times_out([&] { ctl.sync(500ms); }, "MiB not yet sent to it)] did not finish within 500 ms", 10000ms);
-  times_out([&] { ctl.ping(1, 300ms); }, "ping: worker 1 did not answer within 300 ms (,
-            10000ms);
+  times_out([&] { ctl.ping(1, 300ms); }, "ping: worker 1 did not answer within 300 ms (", 10000ms);
   times_out([&] { on_one.fetch({0}).get(300ms); }, "MiB not yet sent to it)", 10000ms);
   times_out([&] { on_one.add(1.0); }, "worker 1 has", 10000ms);
   // An op or a collective over both workers reaches neither when one has
