@@ -269,7 +269,13 @@ COX_API Tensor randn(const DeviceMesh& mesh, std::vector<int64_t> sizes, TensorO
 COX_API Tensor arange(const DeviceMesh& mesh, int64_t end, TensorOptions o = {});
 // Each worker's index along `dim` of the mesh, as a 0-d int64 tensor.
 COX_API Tensor coordinate(const DeviceMesh& mesh, std::string_view dim);
-// A controller tensor copied to every worker of the mesh.
+// A controller tensor copied to every worker of the mesh. Up to 1 MiB per
+// worker is copied into the send queue and this returns at once; a larger
+// value is streamed from its own memory and this returns once it is written
+// (so the value may be changed after). Throws cox::Timeout when a worker
+// takes no data for ControllerOptions::send_timeout; the bytes not yet
+// written are still sent from the value's memory, which must then stay
+// valid (it does for any tensor that owns its storage).
 COX_API Tensor from_local(const DeviceMesh& mesh, const at::Tensor& value, bool requires_grad = false);
 // A controller tensor split into equal chunks along `tensor_dim`, chunk i to
 // the workers at index i of `mesh_dim`.
