@@ -95,7 +95,9 @@ void Tensors::comm_init(const wire::CommInit& m) {
     throw ProtocolError(fmt::format("comm_init {}: rank {} is not among its members", m.comm, rank_));
   }
   const int index = static_cast<int>(me - m.ranks.begin());
-  auto exchange = [&](const std::string& blob) { return hooks_.rendezvous(m.comm, blob); };
+  auto exchange = [&](const std::string& blob) {
+    return hooks_.rendezvous(m.comm, blob, std::chrono::milliseconds(m.timeout_ms));
+  };
   try {
     if (device_.is_cpu()) {
 #ifdef COX_HAVE_GLOO

@@ -13,7 +13,8 @@
 namespace cox::worker {
 
 namespace {
-Tensors::Hooks hooks(std::string gloo_hostname, std::function<std::vector<std::string>(uint64_t, const std::string&)> rv) {
+Tensors::Hooks hooks(std::string gloo_hostname,
+                     std::function<std::vector<std::string>(uint64_t, const std::string&, std::chrono::milliseconds)> rv) {
   Tensors::Hooks h;
   h.rendezvous = std::move(rv);
   h.gloo_hostname = std::move(gloo_hostname);
@@ -27,7 +28,9 @@ Executor::Executor(int rank, const at::Device& device, Outbox& out, StreamReader
       in_(in),
       tensors_(rank, device, out,
                hooks(std::move(gloo_hostname),
-                     [this](uint64_t comm, const std::string& blob) { return rendezvous(comm, blob); })) {
+                     [this](uint64_t comm, const std::string& blob, std::chrono::milliseconds timeout) {
+                       return rendezvous(comm, blob, timeout);
+                     })) {
   in_.set_chunk_sink(this);
 }
 
@@ -61,14 +64,24 @@ void Executor::on(const wire::Sleep& m) {
 }
 
 void Executor::on(const wire::RendezvousReply& m) {
+  // The answer to a rendezvous this worker stopped waiting for.
+  if (abandoned_.erase(m.comm)) return;
   throw ProtocolError(fmt::format("a rendezvous reply for communicator {} arrived outside a rendezvous", m.comm));
 }
 
-std::vector<std::string> Executor::rendezvous(uint64_t comm, const std::string& blob) {
+std::vector<std::string> Executor::rendezvous(uint64_t comm, const std::string& blob, std::chrono::milliseconds timeout) {
   out_.send_control(wire::Rendezvous{comm, blob});
-  auto payload = in_.wait_for(wire::MsgType::kRendezvousReply, [&](const wire::FrameView& f) {
-    return wire::decode<wire::RendezvousReply>(f).comm == comm;
-  });
+  std::optional<std::vector<uint8_t>> payload;
+  try {
+    payload = in_.wait_for(
+        wire::MsgType::kRendezvousReply,
+        [&](const wire::FrameView& f) { return wire::decode<wire::RendezvousReply>(f).comm == comm; },
+        StreamReader::Clock::now() + timeout);
+  } catch (const Timeout&) {
+    abandoned_.insert(comm);
+    throw collectives::CommError(
+        fmt::format("rendezvous of communicator {}: no answer from the controller within {} ms", comm, timeout.count()));
+  }
   if (!payload) throw Error("lost the controller during a rendezvous");
   auto reply = wire::decode<wire::RendezvousReply>(
       wire::FrameView{wire::MsgType::kRendezvousReply, payload->data(), payload->size()});

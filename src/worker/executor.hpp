@@ -10,6 +10,7 @@
 #include "worker/tensors.hpp"
 
 #include <string>
+#include <unordered_set>
 
 namespace cox::worker {
 
@@ -65,7 +66,7 @@ class Executor final : public StreamReader::ChunkSink {
 
  private:
   // Sends this member's blob and reads on until the controller answers.
-  std::vector<std::string> rendezvous(uint64_t comm, const std::string& blob);
+  std::vector<std::string> rendezvous(uint64_t comm, const std::string& blob, std::chrono::milliseconds timeout);
   void report(const std::string& op, const std::string& message);
 
   const int rank_;
@@ -74,6 +75,7 @@ class Executor final : public StreamReader::ChunkSink {
   uint64_t index_ = 0;
   uint64_t next_seq_ = 0;
   bool shutdown_ = false;
+  std::unordered_set<uint64_t> abandoned_;  // rendezvous given up on: their late answers are dropped
   Tensors tensors_;
 };
 

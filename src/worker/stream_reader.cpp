@@ -2,6 +2,7 @@
 #include "worker/stream_reader.hpp"
 
 #include <poll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -83,9 +84,10 @@ bool StreamReader::read_into(uint8_t* p, size_t n, bool all) {
   size_t done = 0;
   while (done < n) {
     // The socket is blocking unless the I/O thread's writes made it
-    // non-blocking; then poll() is the wait.
+    // non-blocking; then poll() is the wait. Under a deadline, a read
+    // only follows a poll that found data.
     idle_.store(true, std::memory_order_relaxed);
-    ssize_t r = ::read(fd_, p + done, n - done);
+    ssize_t r = deadline_ ? ::recv(fd_, p + done, n - done, MSG_DONTWAIT) : ::read(fd_, p + done, n - done);
     idle_.store(false, std::memory_order_relaxed);
     if (r > 0) {
       done += static_cast<size_t>(r);
@@ -97,9 +99,15 @@ bool StreamReader::read_into(uint8_t* p, size_t n, bool all) {
     if (r == 0) return false;
     if (errno == EINTR) continue;
     if (errno != EAGAIN && errno != EWOULDBLOCK) throw Error(std::string("read failed: ") + std::strerror(errno));
+    int wait_ms = -1;  // the I/O thread's heartbeat check ends a silent controller
+    if (deadline_) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(*deadline_ - Clock::now()).count();
+      if (left <= 0) throw Timeout("no answer from the controller in time");
+      wait_ms = static_cast<int>(std::min<int64_t>(left, 1 << 30));
+    }
     idle_.store(true, std::memory_order_relaxed);
     pollfd pfd{fd_, POLLIN, 0};
-    ::poll(&pfd, 1, -1);  // the I/O thread's heartbeat check ends a silent controller
+    ::poll(&pfd, 1, wait_ms);
     idle_.store(false, std::memory_order_relaxed);
   }
   return true;

@@ -45,15 +45,20 @@ class StreamReader {
   // Reads until a frame of type `type` that `match` accepts arrives; frames
   // before it (heartbeats aside) are kept for next(). Returns a copy of the
   // frame's payload; nullopt when the stream closed.
+  // Throws cox::Timeout once `deadline` passes.
   template <class Match>
-  std::optional<std::vector<uint8_t>> wait_for(wire::MsgType type, Match&& match) {
+  std::optional<std::vector<uint8_t>> wait_for(wire::MsgType type, Match&& match, Clock::time_point deadline) {
     // Frames set aside keep their order with the chunks after them: no
     // chunk goes straight into its tensor meanwhile.
     waiting_ = true;
+    deadline_ = deadline;
     struct Reset {
-      bool& flag;
-      ~Reset() { flag = false; }
-    } reset{waiting_};
+      StreamReader& r;
+      ~Reset() {
+        r.waiting_ = false;
+        r.deadline_.reset();
+      }
+    } reset{*this};
     for (;;) {
       auto f = next_from_socket();
       if (!f) return std::nullopt;
@@ -84,6 +89,7 @@ class StreamReader {
 
   ChunkSink* sink_ = nullptr;
   bool waiting_ = false;  // in wait_for()
+  std::optional<Clock::time_point> deadline_;  // wait_for()'s
   const int fd_;
   wire::FrameScanner scanner_;
   wire::Assembler assembler_;

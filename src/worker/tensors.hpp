@@ -30,8 +30,10 @@ class Tensors {
  public:
   struct Hooks {
     // Every member's blob for a communicator being set up (through the
-    // controller); throws collectives::CommError when the rendezvous fails.
-    std::function<std::vector<std::string>(uint64_t comm, const std::string& blob)> rendezvous;
+    // controller); throws collectives::CommError when the rendezvous fails
+    // or no answer comes within `timeout`.
+    std::function<std::vector<std::string>(uint64_t comm, const std::string& blob, std::chrono::milliseconds timeout)>
+        rendezvous;
     // The address Gloo listens on: one this worker's peers can reach.
     std::string gloo_hostname = "127.0.0.1";
   };
