@@ -77,11 +77,7 @@ class Controller::Impl {
     Batch b(*this);
     for (int r : ranks) b.add(r, bytes.data(), bytes.size());
   }
-  void post_all(const std::vector<uint8_t>& bytes) {
-    std::vector<int> all(workers_.size());
-    for (int r = 0; r < size(); ++r) all[static_cast<size_t>(r)] = r;
-    post(all, bytes);
-  }
+  inline void post_all(const std::vector<uint8_t>& bytes);
   // Waits until every worker in `ranks` has at most send_buffer_bytes
   // queued (Timeout after send_timeout, WorkerLost for a lost one). Callers
   // that send one message to several workers call it first, outside their
@@ -315,6 +311,19 @@ void Controller::Impl::post(int rank, const uint8_t* data, size_t n) {
     wait_for_room(w, Clock::now() + opts_.send_timeout, "sending work");
   }
   w.channel->send(data, n);
+}
+
+void Controller::Impl::post_all(const std::vector<uint8_t>& bytes) {
+  for (const auto& w : workers_) {
+    if (__builtin_expect(w->channel->pending() > opts_.send_buffer_bytes, 0)) {
+      std::vector<int> all(workers_.size());
+      for (int r = 0; r < size(); ++r) all[static_cast<size_t>(r)] = r;
+      make_room(all, "sending work");
+      break;
+    }
+  }
+  Batch b(*this);
+  for (int r = 0; r < size(); ++r) b.add(r, bytes.data(), bytes.size());
 }
 
 void Controller::Impl::post_nowait(int rank, const uint8_t* data, size_t n) {
