@@ -624,14 +624,7 @@ Tensor Engine::put(const DeviceMesh& mesh, const std::vector<at::Tensor>& values
     std::lock_guard<std::recursive_mutex> lk(mu_);
     if (p.nbytes <= kCopyPutBytes) {
       std::vector<uint8_t> frames = wire::encode_frame(p);
-      const size_t chunk = wire::chunk_bytes(impl().options().max_frame_bytes);
-      for (uint64_t off = 0; off < p.nbytes; off += chunk) {
-        wire::PutData d;
-        d.id = p.id;
-        d.offset = off;
-        d.data = wire::Bytes{data + off, std::min<uint64_t>(chunk, p.nbytes - off)};
-        wire::encode_frame(d, frames);
-      }
+      wire::append_chunks(frames, wire::MsgType::kPutData, p.id, data, p.nbytes, impl().options().max_frame_bytes);
       impl().post_nowait(ranks[i], frames.data(), frames.size());
     } else {
       sent.emplace_back(ranks[i], impl().post_tensor(ranks[i], p, data, shared));

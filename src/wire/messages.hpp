@@ -698,6 +698,20 @@ inline void chunk_header(std::array<uint8_t, kChunkOverhead>& h, MsgType type, u
   std::memcpy(h.data() + 21, &n, 8);
 }
 
+// Appends [data, data+n) as PutData or FetchData frames (copied) of at most
+// chunk_bytes(max_frame) each, for `id` (a tensor id or a request).
+inline void append_chunks(std::vector<uint8_t>& out, MsgType type, uint64_t id, const uint8_t* data, uint64_t n,
+                          size_t max_frame) {
+  const size_t chunk = chunk_bytes(max_frame);
+  for (uint64_t off = 0; off < n; off += chunk) {
+    const uint64_t k = std::min<uint64_t>(chunk, n - off);
+    std::array<uint8_t, kChunkOverhead> h;
+    chunk_header(h, type, id, off, k);
+    out.insert(out.end(), h.begin(), h.end());
+    out.insert(out.end(), data + off, data + off + k);
+  }
+}
+
 // Walks [data, data+n), which holds whole frames, for a sender: calls
 // whole(ptr, size) for each frame within `max_frame`, and for each larger
 // one frag(header, piece, size, last) per Fragment that carries it (the

@@ -23,13 +23,7 @@ void Outbox::send_tensor(uint64_t request, const at::Tensor& host, Hold hold) {
   const size_t chunk = wire::chunk_bytes(channel_.max_frame());
   if (head.nbytes <= kCopyBytes) {
     std::vector<uint8_t> frames = wire::encode_frame(head);
-    for (uint64_t off = 0; off < head.nbytes; off += chunk) {
-      wire::FetchData d;
-      d.request = request;
-      d.offset = off;
-      d.data = wire::Bytes{data + off, std::min<uint64_t>(chunk, head.nbytes - off)};
-      wire::encode_frame(d, frames);
-    }
+    wire::append_chunks(frames, wire::MsgType::kFetchData, request, data, head.nbytes, channel_.max_frame());
     channel_.send(frames);
     return;
   }

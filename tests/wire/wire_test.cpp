@@ -395,3 +395,20 @@ TEST_CASE("bad fragments are rejected", "[wire][errors]") {
     require_protocol_error([&] { a.feed(scan_all(s, frag(10, 10))[0]); }, "unknown type 0");
   }
 }
+
+TEST_CASE("append_chunks writes the frames encode_frame would, each within the limit", "[wire]") {
+  std::vector<uint8_t> data(10000);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i);
+  std::vector<uint8_t> got, want;
+  append_chunks(got, MsgType::kPutData, 4, data.data(), data.size(), 4096);
+  const size_t chunk = chunk_bytes(4096);
+  for (size_t off = 0; off < data.size(); off += chunk) {
+    PutData d;
+    d.id = 4;
+    d.offset = off;
+    d.data = Bytes{data.data() + off, std::min(chunk, data.size() - off)};
+    encode_frame(d, want);
+  }
+  REQUIRE(got == want);
+  REQUIRE(scan_all(FrameScanner(4096), got).size() == (data.size() + chunk - 1) / chunk);
+}
