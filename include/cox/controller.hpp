@@ -51,6 +51,29 @@ struct AttachInfo {
   std::string token;  // hand to workers through $COX_TOKEN or a 0600 file
 };
 
+// What one worker is doing, as its last heartbeat said (Controller::status):
+// at most about heartbeat_interval old.
+struct WorkerStatus {
+  enum class State {
+    kIdle,  // waiting for work
+    kBusy,  // running `doing` for `busy_for`
+    kLost,  // see `lost`
+    kExited,
+  };
+  int rank = -1;
+  State state = State::kIdle;
+  std::string device;   // "cpu", "cuda:0"
+  int64_t pid = -1;     // local workers
+  std::string doing;    // the operation running: "op aten::mm", "collective all_reduce", "sync"
+  std::chrono::milliseconds busy_for{0};
+  uint64_t started = 0;  // messages the worker has started so far
+  std::chrono::milliseconds last_heard{0};  // since its last message or heartbeat
+  size_t pending_bytes = 0;  // queued for it and not yet written
+  std::string lost;          // why it was lost
+};
+// One line per worker: "worker 2 [cuda:2] busy 12.3 s in collective all_reduce (message 1841), heard 0.4 s ago".
+COX_API std::string to_string(const WorkerStatus& s);
+
 struct ControllerOptions {
   // Number of workers (ranks 0..workers-1). 0: one per GPU used (see
   // device and gpus), or 1 on the CPU; attach() needs a number.
@@ -110,6 +133,15 @@ struct ControllerOptions {
   // wait for its peers on a worker before it fails there. A peer that dies
   // is noticed at once; this bounds the wait for one that hangs.
   std::chrono::milliseconds collective_timeout{std::chrono::minutes(10)};
+  // An operation (an op, a collective, a transfer, a communicator's set-up)
+  // that runs on a worker for longer than this is reported, naming the
+  // worker and the operation: a warning line on the worker's stderr sink,
+  // once per operation; or, with op_timeout_loses_worker, the worker is
+  // declared lost (cox::WorkerLost for all that depends on it; a local
+  // one is killed). Zero: never. Measured by the worker's heartbeats, so
+  // to within about heartbeat_interval.
+  std::chrono::milliseconds op_timeout{0};
+  bool op_timeout_loses_worker = false;
   // Lines of stderr kept per worker for WorkerLost messages.
   size_t stderr_lines_kept = 20;
   OutputSink output_sink;  // empty: default_output_sink()
@@ -154,6 +186,9 @@ class COX_API Controller {
   std::string device(int rank) const;
   // Ranks that have been lost so far.
   std::vector<int> lost_workers() const;
+  // What every worker is doing now (from its heartbeats): the first thing
+  // to look at when a job seems stuck. Never waits on a worker.
+  std::vector<WorkerStatus> status() const;
   // Attach mode: where the controller listens.
   AttachInfo attach_info() const;
 

@@ -17,7 +17,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <atomic>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -105,23 +107,53 @@ class Communicator {
   };
   virtual std::unique_ptr<StatusExchange> start_status_exchange(uint8_t mine) = 0;
 
-  // Why the communicator stopped working, or empty.
+  // Why the communicator stopped working, or empty (the calling thread's
+  // view; cancel() shows here once a call has seen it).
   const std::string& broken() const noexcept { return broken_; }
+
+  // Any thread (a member was lost): the call in progress, if any, and every
+  // later one end promptly with CommError(why): what is blocked in a
+  // connect, a collective or a transfer is woken, not left to its timeout.
+  // Idempotent; the first reason stays.
+  void cancel(const std::string& why) {
+    {
+      std::lock_guard<std::mutex> lk(cancel_mu_);
+      if (cancelled_.load(std::memory_order_relaxed)) return;
+      cancel_why_ = why;
+      cancelled_.store(true, std::memory_order_release);
+    }
+    on_cancel();
+  }
+  bool cancelled() const noexcept { return cancelled_.load(std::memory_order_acquire); }
 
  protected:
   Communicator(int rank, int size) : rank_(rank), size_(size) {}
+  // Called once by cancel(), on the cancelling thread: wake whatever is
+  // blocked (Gloo closes its pairs; NCCL's waits poll cancelled()).
+  virtual void on_cancel() {}
+  std::string cancel_reason() const {
+    std::lock_guard<std::mutex> lk(cancel_mu_);
+    return cancel_why_;
+  }
   // Runs f; on failure marks the communicator broken and throws CommError
-  // naming `what`.
+  // naming `what` (or the reason it was cancelled).
   template <class F>
   void guarded(const char* what, F&& f) {
     if (!broken_.empty()) throw CommError(broken_);
+    if (cancelled()) {
+      broken_ = cancel_reason();
+      throw CommError(broken_);
+    }
     try {
       f();
-    } catch (const CommError& e) {
-      broken_ = e.what();
-      throw;
     } catch (const std::exception& e) {
-      broken_ = std::string(backend()) + " " + what + " failed: " + e.what();
+      if (cancelled()) {
+        broken_ = std::string(backend()) + " " + what + " cancelled: " + cancel_reason();
+      } else if (dynamic_cast<const CommError*>(&e)) {
+        broken_ = e.what();
+      } else {
+        broken_ = std::string(backend()) + " " + what + " failed: " + e.what();
+      }
       throw CommError(broken_);
     }
   }
@@ -129,6 +161,11 @@ class Communicator {
   const int rank_;
   const int size_;
   std::string broken_;
+
+ private:
+  mutable std::mutex cancel_mu_;
+  std::atomic<bool> cancelled_{false};
+  std::string cancel_why_;
 };
 
 }  // namespace cox::collectives

@@ -15,7 +15,16 @@
 #include <gloo/transport/unbound_buffer.h>
 #include <gloo/types.h>
 
+#include <gloo/transport/tcp/address.h>
+
+#include <dirent.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <condition_variable>
 #include <cstring>
+#include <mutex>
+#include <thread>
 #include <type_traits>
 
 namespace cox::collectives {
@@ -126,61 +135,147 @@ decltype(auto) with_type(DataType t, F&& f) {
   throw CommError("unknown data type");
 }
 
-// A gloo::Context connected through our rendezvous rather than a Store.
+// gloo::Context with the transport context set from outside: connected
+// through our rendezvous rather than a Store.
 class Context final : public gloo::Context {
  public:
   Context(int rank, int size, std::chrono::milliseconds timeout) : gloo::Context(rank, size) { setTimeout(timeout); }
-
-  void connect(const std::shared_ptr<gloo::transport::Device>& device, const Exchange& exchange) {
-    auto tctx = device->createContext(rank, size);
-    tctx->setTimeout(getTimeout());
-    // My blob: the address of my end of each pair, for peers in rank order.
-    std::string mine;
-    for (int peer = 0; peer < size; ++peer) {
-      if (peer == rank) continue;
-      const std::vector<char> addr = tctx->createPair(peer)->address().bytes();
-      const uint32_t n = static_cast<uint32_t>(addr.size());
-      mine.append(reinterpret_cast<const char*>(&n), sizeof n);
-      mine.append(addr.data(), addr.size());
-    }
-    const std::vector<std::string> all = exchange(mine);
-    if (all.size() != static_cast<size_t>(size)) {
-      throw CommError("rendezvous returned " + std::to_string(all.size()) + " blobs for " + std::to_string(size) +
-                      " ranks");
-    }
-    for (int peer = 0; peer < size; ++peer) {
-      if (peer == rank) continue;
-      // The peer's blob lists its pairs in rank order, skipping itself.
-      const int index = rank < peer ? rank : rank - 1;
-      const std::string& blob = all[static_cast<size_t>(peer)];
-      size_t at = 0;
-      std::vector<char> addr;
-      for (int k = 0; k <= index; ++k) {
-        uint32_t n = 0;
-        if (blob.size() < at + sizeof n) throw CommError("malformed Gloo address from rank " + std::to_string(peer));
-        std::memcpy(&n, blob.data() + at, sizeof n);
-        at += sizeof n;
-        if (blob.size() < at + n) throw CommError("malformed Gloo address from rank " + std::to_string(peer));
-        if (k == index) addr.assign(blob.data() + at, blob.data() + at + n);
-        at += n;
-      }
-      tctx->getPair(peer)->connect(addr);
-    }
-    device_ = device;
-    transportContext_ = std::move(tctx);
+  void set_transport(std::shared_ptr<gloo::transport::Device> device,
+                     std::shared_ptr<gloo::transport::Context> transport) {
+    device_ = std::move(device);
+    transportContext_ = std::move(transport);
   }
 };
 
+// Whether two socket addresses are the same address and port.
+bool same_endpoint(const sockaddr_storage& a, const sockaddr_storage& b) {
+  if (a.ss_family != b.ss_family) return false;
+  if (a.ss_family == AF_INET) {
+    const auto& x = reinterpret_cast<const sockaddr_in&>(a);
+    const auto& y = reinterpret_cast<const sockaddr_in&>(b);
+    return x.sin_port == y.sin_port && x.sin_addr.s_addr == y.sin_addr.s_addr;
+  }
+  if (a.ss_family == AF_INET6) {
+    const auto& x = reinterpret_cast<const sockaddr_in6&>(a);
+    const auto& y = reinterpret_cast<const sockaddr_in6&>(b);
+    return x.sin6_port == y.sin6_port && std::memcmp(&x.sin6_addr, &y.sin6_addr, sizeof x.sin6_addr) == 0;
+  }
+  return false;
+}
+
 class GlooCommunicator final : public Communicator {
  public:
-  GlooCommunicator(std::shared_ptr<Context> ctx, const CommOptions& o)
-      : Communicator(ctx->rank, ctx->size), ctx_(std::move(ctx)), timeout_(o.timeout) {}
+  GlooCommunicator(std::shared_ptr<gloo::transport::Device> device, int rank, int size, const CommOptions& o)
+      : Communicator(rank, size),
+        device_(std::move(device)),
+        ctx_(std::make_shared<Context>(rank, size, o.timeout)),
+        timeout_(o.timeout) {}
 
   ~GlooCommunicator() override {
     try {
-      ctx_->closeConnections();
+      if (connected_) ctx_->closeConnections();
     } catch (...) {
     }
+  }
+
+  // Every pair of members gets a TCP connection; addresses travel through
+  // `exchange`. The connections are made within the timeout in all (a
+  // watchdog fails every pair past it), and end at once when cancelled.
+  void connect(const Exchange& exchange) {
+    guarded("connect", [&] {
+      std::shared_ptr<gloo::transport::Context> tctx = device_->createContext(rank_, size_);
+      tctx->setTimeout(timeout_);
+      // My blob: the address of my end of each pair, for peers in rank order.
+      std::string mine;
+      for (int peer = 0; peer < size_; ++peer) {
+        if (peer == rank_) continue;
+        const std::vector<char> addr = tctx->createPair(peer)->address().bytes();
+        mine_[static_cast<size_t>(peer)] = gloo::transport::tcp::Address(addr).getSockaddr();
+        const uint32_t n = static_cast<uint32_t>(addr.size());
+        mine.append(reinterpret_cast<const char*>(&n), sizeof n);
+        mine.append(addr.data(), addr.size());
+      }
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        tctx_ = tctx;  // from here on, cancel() reaches the pairs
+      }
+      if (cancelled()) throw CommError(cancel_reason());
+      const std::vector<std::string> all = exchange(mine);
+      if (all.size() != static_cast<size_t>(size_)) {
+        throw CommError("rendezvous returned " + std::to_string(all.size()) + " blobs for " + std::to_string(size_) +
+                        " ranks");
+      }
+      std::vector<std::vector<char>> peers(static_cast<size_t>(size_));
+      for (int peer = 0; peer < size_; ++peer) {
+        if (peer == rank_) continue;
+        // The peer's blob lists its pairs in rank order, skipping itself.
+        const int index = rank_ < peer ? rank_ : rank_ - 1;
+        const std::string& blob = all[static_cast<size_t>(peer)];
+        size_t at = 0;
+        for (int k = 0; k <= index; ++k) {
+          uint32_t n = 0;
+          if (blob.size() - at < sizeof n) throw CommError("malformed Gloo address from rank " + std::to_string(peer));
+          std::memcpy(&n, blob.data() + at, sizeof n);
+          at += sizeof n;
+          if (blob.size() - at < n) throw CommError("malformed Gloo address from rank " + std::to_string(peer));
+          if (k == index) peers[static_cast<size_t>(peer)].assign(blob.data() + at, blob.data() + at + n);
+          at += n;
+        }
+      }
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        for (int peer = 0; peer < size_; ++peer) {
+          if (peer != rank_) theirs_[static_cast<size_t>(peer)] = gloo::transport::tcp::Address(peers[static_cast<size_t>(peer)]).getSockaddr();
+        }
+      }
+      // Each pair's connect waits up to the timeout on its own; the
+      // watchdog bounds them all together.
+      const auto deadline = std::chrono::steady_clock::now() + timeout_;
+      bool timed_out = false;
+      std::thread watchdog([&] {
+        std::unique_lock<std::mutex> lk(mu_);
+        if (cv_.wait_until(lk, deadline, [&] { return connect_done_ || cancelled(); })) return;
+        timed_out = true;
+        close_pairs_locked();
+      });
+      struct Join {
+        GlooCommunicator& c;
+        std::thread& t;
+        ~Join() {
+          {
+            std::lock_guard<std::mutex> lk(c.mu_);
+            c.connect_done_ = true;
+          }
+          c.cv_.notify_all();
+          t.join();
+        }
+      };
+      auto fail = [&](const std::string& detail) {
+        if (timed_out) {
+          throw CommError("gloo: connecting a group of " + std::to_string(size_) + ": not connected to every peer within " +
+                          std::to_string(timeout_.count()) + " ms (collective_timeout)" + detail);
+        }
+        if (cancelled()) throw CommError(cancel_reason());
+      };
+      try {
+        Join join{*this, watchdog};
+        for (int peer = 0; peer < size_; ++peer) {
+          if (peer != rank_) tctx->getPair(peer)->connect(peers[static_cast<size_t>(peer)]);
+        }
+      } catch (const std::exception& e) {
+        fail(std::string(": ") + e.what());
+        throw;
+      }
+      // A pair closed by the watchdog or cancel() ends its connect() as if
+      // connected.
+      fail("");
+      ctx_->set_transport(device_, std::move(tctx));
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        connected_ = true;
+      }
+      if (cancelled()) throw CommError(cancel_reason());  // cancelled while the pairs were closing
+    });
   }
 
   const char* backend() const noexcept override { return "gloo"; }
@@ -422,8 +517,61 @@ class GlooCommunicator final : public Communicator {
  private:
   uint32_t next_tag() { return tag_++; }
 
+  // While connecting, closing a pair ends its wait; once connected, a
+  // pair's waits end only when its connection fails: shutting the socket
+  // down makes Gloo's own loop see the end of the stream and fail every
+  // wait on the pair at once (its peer sees it too).
+  void on_cancel() override {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (connected_) {
+      shutdown_sockets_locked();
+    } else {
+      close_pairs_locked();
+    }
+    cv_.notify_all();
+  }
+  void close_pairs_locked() {
+    if (!tctx_) return;
+    for (int peer = 0; peer < size_; ++peer) {
+      if (peer != rank_) tctx_->getPair(peer)->close();
+    }
+  }
+  // The sockets of this communicator's pairs, known by their addresses:
+  // the local end of a connection this member accepted is its pair's
+  // listening address; the remote end of one it made is the peer's.
+  void shutdown_sockets_locked() {
+    DIR* dir = ::opendir("/proc/self/fd");
+    if (!dir) return;
+    while (dirent* e = ::readdir(dir)) {
+      const int fd = std::atoi(e->d_name);
+      if (fd <= 2 || fd == ::dirfd(dir)) continue;
+      sockaddr_storage local{}, remote{};
+      socklen_t ll = sizeof local, rl = sizeof remote;
+      if (::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &ll) != 0) continue;
+      if (local.ss_family != AF_INET && local.ss_family != AF_INET6) continue;
+      const bool has_remote = ::getpeername(fd, reinterpret_cast<sockaddr*>(&remote), &rl) == 0;
+      for (int peer = 0; peer < size_; ++peer) {
+        if (peer == rank_) continue;
+        if (same_endpoint(local, mine_[static_cast<size_t>(peer)]) ||
+            (has_remote && same_endpoint(remote, theirs_[static_cast<size_t>(peer)]))) {
+          ::shutdown(fd, SHUT_RDWR);
+          break;
+        }
+      }
+    }
+    ::closedir(dir);
+  }
+
+  std::shared_ptr<gloo::transport::Device> device_;
   std::shared_ptr<Context> ctx_;
   std::chrono::milliseconds timeout_;
+  std::mutex mu_;  // tctx_ and the connect watchdog
+  std::condition_variable cv_;
+  std::shared_ptr<gloo::transport::Context> tctx_;
+  std::vector<sockaddr_storage> mine_ = std::vector<sockaddr_storage>(static_cast<size_t>(size_));  // my pairs' addresses
+  std::vector<sockaddr_storage> theirs_ = std::vector<sockaddr_storage>(static_cast<size_t>(size_));  // the peers'
+  bool connect_done_ = false;
+  bool connected_ = false;
   uint32_t tag_ = 0;
   std::vector<char> scratch_;  // reduce_scatter's running sums and receive buffers
 };
@@ -436,17 +584,15 @@ std::shared_ptr<gloo::transport::Device> make_gloo_device(const std::string& hos
   return gloo::transport::tcp::CreateDevice(attr);
 }
 
-std::unique_ptr<Communicator> connect_gloo(const std::shared_ptr<gloo::transport::Device>& device, int rank,
-                                           int size, const CommOptions& options, const Exchange& exchange) {
-  auto ctx = std::make_shared<Context>(rank, size, options.timeout);
-  try {
-    ctx->connect(device, exchange);
-  } catch (const CommError&) {
-    throw;
-  } catch (const std::exception& e) {
-    throw CommError(std::string("gloo: connecting a group of ") + std::to_string(size) + " failed: " + e.what());
-  }
-  return std::make_unique<GlooCommunicator>(std::move(ctx), options);
+std::unique_ptr<Communicator> make_gloo(const std::shared_ptr<gloo::transport::Device>& device, int rank, int size,
+                                        const CommOptions& options) {
+  return std::make_unique<GlooCommunicator>(device, rank, size, options);
+}
+
+void connect_gloo(Communicator& comm, const Exchange& exchange) {
+  auto* c = dynamic_cast<GlooCommunicator*>(&comm);
+  if (!c) throw CommError(std::string("connect_gloo: not a Gloo communicator but ") + comm.backend());
+  c->connect(exchange);
 }
 
 }  // namespace cox::collectives

@@ -16,9 +16,13 @@ namespace cox::collectives {
 // every Gloo communicator of the process.
 std::shared_ptr<gloo::transport::Device> make_gloo_device(const std::string& hostname);
 
-// Connects a group of `size` processes (this one is `rank`): every pair of
-// members gets a TCP connection; addresses travel through `exchange`.
-std::unique_ptr<Communicator> connect_gloo(const std::shared_ptr<gloo::transport::Device>& device, int rank,
-                                           int size, const CommOptions& options, const Exchange& exchange);
+// A group of `size` processes (this one is `rank`), not yet connected: it
+// can be cancel()led from here on, also while connect_gloo() runs.
+std::unique_ptr<Communicator> make_gloo(const std::shared_ptr<gloo::transport::Device>& device, int rank, int size,
+                                        const CommOptions& options);
+// Connects it: every pair of members gets a TCP connection; addresses
+// travel through `exchange`. Past options.timeout (after the exchange), or
+// once cancelled, it throws CommError.
+void connect_gloo(Communicator& comm, const Exchange& exchange);
 
 }  // namespace cox::collectives

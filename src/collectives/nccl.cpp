@@ -78,6 +78,7 @@ class NcclCommunicator final : public Communicator {
   cudaStream_t stream() const noexcept { return stream_; }
   void check_async_error() {
     if (!comm_) throw CommError(broken_.empty() ? std::string("nccl: the communicator was aborted") : broken_);
+    if (cancelled()) throw CommError("nccl: " + cancel_reason());
     check_async("collective");
   }
   std::chrono::milliseconds timeout() const noexcept { return timeout_; }
@@ -225,6 +226,13 @@ class NcclCommunicator final : public Communicator {
         if (q == cudaSuccess) return;
         if (q != cudaErrorNotReady) check_cuda(q, "cudaStreamQuery");
         check_async(what);
+        if (cancelled()) {
+          // A member was lost (cancel() came from another thread): what
+          // waits on it on the device ends only by an abort.
+          ncclCommAbort(comm_);
+          comm_ = nullptr;
+          throw CommError(std::string("nccl ") + what + ": " + cancel_reason() + "; the communicator was aborted");
+        }
         if (Clock::now() > deadline) {
           ncclCommAbort(comm_);
           comm_ = nullptr;
@@ -249,6 +257,7 @@ class NcclCommunicator final : public Communicator {
         throw CommError(std::string("nccl ") + what + ": " + ncclGetErrorString(state) + " (" +
                         ncclGetLastError(comm_) + ")");
       }
+      if (cancelled() && what) throw CommError(std::string("nccl ") + what + ": " + cancel_reason());
       if (Clock::now() > deadline) {
         if (!throw_on_timeout) return;
         throw CommError(std::string("nccl ") + (what ? what : "") + ": timed out waiting for the communicator");

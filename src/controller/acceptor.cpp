@@ -12,6 +12,7 @@
 #include <asio/write.hpp>
 
 #include <fcntl.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -123,13 +124,29 @@ void Controller::Impl::read_hello_reply(const std::shared_ptr<Handshake>& hs) {
   });
 }
 
+namespace {
+// The numeric address a TCP peer connected from; "" for a Unix socket.
+std::string peer_host(int fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  if (::getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return "";
+  if (ss.ss_family != AF_INET && ss.ss_family != AF_INET6) return "";
+  char host[NI_MAXHOST];
+  if (::getnameinfo(reinterpret_cast<sockaddr*>(&ss), len, host, sizeof host, nullptr, 0, NI_NUMERICHOST) != 0) return "";
+  return host;
+}
+}  // namespace
+
 void Controller::Impl::finish_handshake(const std::shared_ptr<Handshake>& hs, const wire::HelloReply& reply) {
   Worker& w = *workers_[static_cast<size_t>(reply.rank)];
   bool taken;
   {
     std::lock_guard<std::mutex> lk(mu_);
     taken = w.connected || w.lost || shutting_down_;
-    if (!taken) w.device = reply.device;
+    if (!taken) {
+      w.device = reply.device;
+      w.host = peer_host(hs->socket.native_handle());
+    }
   }
   if (taken) return reject(hs, fmt::format("rank {} is already connected", reply.rank), true);
   hs->done = true;

@@ -79,6 +79,23 @@ void Controller::shutdown() {
 int64_t Controller::worker_pid(int rank) const { return impl_->worker_pid(rank); }
 std::string Controller::device(int rank) const { return impl_->device(rank); }
 std::vector<int> Controller::lost_workers() const { return impl_->lost_workers(); }
+std::vector<WorkerStatus> Controller::status() const { return impl_->status(); }
+
+std::string to_string(const WorkerStatus& s) {
+  auto secs = [](std::chrono::milliseconds d) { return fmt::format("{:.1f} s", static_cast<double>(d.count()) / 1000); };
+  std::string out = fmt::format("worker {} [{}]", s.rank, s.device.empty() ? "?" : s.device);
+  switch (s.state) {
+    case WorkerStatus::State::kIdle: out += fmt::format(" idle after {} messages", s.started); break;
+    case WorkerStatus::State::kBusy:
+      out += fmt::format(" busy {} in {} (message {})", secs(s.busy_for), s.doing, s.started);
+      break;
+    case WorkerStatus::State::kLost: return out + " lost: " + s.lost;
+    case WorkerStatus::State::kExited: return out + " exited";
+  }
+  out += fmt::format(", heard {} ago", secs(s.last_heard));
+  if (s.pending_bytes) out += fmt::format(", {} bytes queued for it", s.pending_bytes);
+  return out;
+}
 AttachInfo Controller::attach_info() const { return impl_->attach_info(); }
 
 // ---------------------------------------------------------------------------
@@ -255,6 +272,45 @@ std::vector<int> Controller::Impl::lost_workers() const {
     if (w->lost) out.push_back(w->rank);
   }
   return out;
+}
+
+std::vector<WorkerStatus> Controller::Impl::status() const {
+  const auto now = Clock::now();
+  std::vector<WorkerStatus> out;
+  std::lock_guard<std::mutex> lk(mu_);
+  for (const auto& w : workers_) {
+    WorkerStatus s;
+    s.rank = w->rank;
+    s.device = w->device;
+    s.pid = w->pid;
+    s.started = w->progress.started;
+    if (w->channel) {
+      s.pending_bytes = w->channel->pending();
+      s.last_heard = std::chrono::duration_cast<std::chrono::milliseconds>(now - w->channel->last_receive());
+    }
+    if (w->lost) {
+      s.state = WorkerStatus::State::kLost;
+      try {
+        std::rethrow_exception(w->lost);
+      } catch (const std::exception& e) {
+        s.lost = e.what();
+      }
+    } else if (w->exited) {
+      s.state = WorkerStatus::State::kExited;
+    } else if (w->progress.busy) {
+      s.state = WorkerStatus::State::kBusy;
+      s.doing = w->progress.doing;
+      s.busy_for = std::chrono::milliseconds(w->progress.busy_ms);
+    }
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+std::string Controller::Impl::host(int rank) const {
+  const Worker& w = worker(rank);
+  std::lock_guard<std::mutex> lk(mu_);
+  return w.host;
 }
 
 AttachInfo Controller::Impl::attach_info() const {

@@ -152,6 +152,9 @@ class Controller::Impl {
   int64_t worker_pid(int rank) const;
   std::string device(int rank) const;
   std::vector<int> lost_workers() const;
+  std::vector<WorkerStatus> status() const;
+  // The host a worker's control connection came from ("" for a local one).
+  std::string host(int rank) const;
   AttachInfo attach_info() const;
   // Connections refused during the handshake, and why (newest last).
   std::vector<std::string> rejected_connections() const;
@@ -160,6 +163,11 @@ class Controller::Impl {
   // Replies held for requests, and requests whose reply will be dropped
   // (for tests: once the replies are in, dropped futures leave none).
   size_t held_replies() const;
+  // Whether a RemoteError is held for the next sync (for tests).
+  bool has_remote_error() const {
+    std::lock_guard<std::mutex> lk(mu_);
+    return first_error_ != nullptr;
+  }
 
  private:
   struct Worker;
@@ -203,6 +211,7 @@ class Controller::Impl {
   void start_heartbeats();
   void on_heartbeat_timer();
   void mark_lost(Worker& w, const std::string& reason);
+  void on_op_timeout(Worker& w, const wire::Heartbeat& m);
   // I/O thread: rendezvous.cpp
   void on_rendezvous(Worker& w, const wire::Rendezvous& m);
   // With mu_ held: the replies that fail a rendezvous, to send after.
@@ -295,6 +304,9 @@ struct Controller::Impl::Worker final : transport::Channel::Handler {
 
   // Under mu_.
   std::string device;  // reported at the handshake
+  std::string host;    // where its connection came from (TCP only)
+  wire::Heartbeat progress;      // its last heartbeat's report
+  uint64_t op_timeout_seen = 0;  // the message op_timeout was last reported for
   bool connected = false;
   bool exited = false;
   int exit_status = 0;

@@ -20,7 +20,19 @@ struct Controller::Impl::Inbound {
   Impl& impl;
   Worker& w;
 
-  void on(const wire::Heartbeat&) {}  // its arrival is what counts
+  // Its arrival is what counts for liveness; a worker's also says what it
+  // is doing.
+  void on(const wire::Heartbeat& m) {
+    const auto limit = impl.opts_.op_timeout;
+    bool over;
+    {
+      std::lock_guard<std::mutex> lk(impl.mu_);
+      w.progress = m;
+      over = limit.count() > 0 && m.busy && m.busy_ms > limit.count() && w.op_timeout_seen != m.started;
+      if (over) w.op_timeout_seen = m.started;
+    }
+    if (over) impl.on_op_timeout(w, m);
+  }
   void on(const wire::SyncDone& m) {
     std::lock_guard<std::mutex> lk(impl.mu_);
     w.synced = m.id;
@@ -171,6 +183,20 @@ void Controller::Impl::on_closed(Worker& w, const std::string& reason) {
   mark_lost(w, "connection lost: " + reason);
 }
 
+void Controller::Impl::on_op_timeout(Worker& w, const wire::Heartbeat& m) {
+  const std::string what =
+      fmt::format("{} (message {}) has run for {} ms, longer than op_timeout ({} ms)", m.doing, m.started, m.busy_ms,
+                  opts_.op_timeout.count());
+  if (!opts_.op_timeout_loses_worker) {
+    const std::string line = "cox: op_timeout: worker " + std::to_string(w.rank) + ": " + what;
+    opts_.output_sink(w.rank, OutputStream::kStderr, line);
+    return;
+  }
+  mark_lost(w, what);
+  kill_child(w);
+  w.channel->close("op_timeout");
+}
+
 void Controller::Impl::mark_lost(Worker& w, const std::string& reason) {
   std::vector<std::pair<int, std::vector<uint8_t>>> replies;
   {
@@ -191,6 +217,14 @@ void Controller::Impl::mark_lost(Worker& w, const std::string& reason) {
     }
   }
   send_replies(replies);
+  // The survivors abort every communicator it belongs to, at once (their
+  // I/O threads act on it even inside a collective): none waits for it
+  // until collective_timeout.
+  const auto notice = wire::encode_frame(wire::PeerLost{w.rank, reason});
+  for (auto& other : workers_) {
+    if (other.get() == &w || !other->channel || other->lost_flag.load() || other->channel->closed()) continue;
+    other->channel->send_control(notice);
+  }
   events_.fetch_add(1, std::memory_order_release);
   cv_.notify_all();
 }

@@ -21,7 +21,7 @@ bool Controller::Impl::wait_for(std::unique_lock<std::mutex>& lk, std::optional<
     }
     return nullptr;
   };
-  auto ready = [&] { return pred() || lost() != nullptr; };
+  auto ready = [&] { return pred() || lost() != nullptr || shut_down_; };
   // Replies to a waiting caller usually come within tens of microseconds:
   // spin on the event counter for a moment before paying for a sleep and a
   // wake-up.
@@ -41,8 +41,10 @@ bool Controller::Impl::wait_for(std::unique_lock<std::mutex>& lk, std::optional<
   } else {
     cv_.wait(lk, ready);
   }
-  if (auto e = lost(); e && !pred()) std::rethrow_exception(e);
-  return true;
+  if (pred()) return true;
+  if (auto e = lost()) std::rethrow_exception(e);
+  // shutdown() from another thread: nothing this waits for will come.
+  throw Error("the controller was shut down while this call waited");
 }
 
 }  // namespace cox

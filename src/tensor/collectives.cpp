@@ -56,6 +56,8 @@ uint64_t Engine::comm_for(const std::vector<int>& ranks) {
   init.timeout_ms = static_cast<uint32_t>(
       std::min<int64_t>(c.options().collective_timeout.count(), std::numeric_limits<uint32_t>::max()));
   init.ranks.assign(ranks.begin(), ranks.end());
+  init.hosts.reserve(ranks.size());
+  for (int r : ranks) init.hosts.push_back(c.host(r));
   c.expect_rendezvous(id, ranks);
   try {
     post_all(ranks, wire::encode_frame(init));

@@ -31,7 +31,7 @@
 namespace cox::wire {
 
 constexpr uint32_t kMagic = 0x53584f43;  // "COXS"
-constexpr uint16_t kProtocolVersion = 3;
+constexpr uint16_t kProtocolVersion = 4;
 constexpr size_t kFrameHeaderBytes = 4;
 // Frames before authentication are tiny; a peer that announces more is refused.
 constexpr size_t kMaxHandshakeFrame = 1024;
@@ -158,9 +158,18 @@ struct Fragment {
   static void visit(S& s, V& v) { v(s.total, "total"), v(s.piece, "piece"); }
 };
 
-struct Heartbeat {  // liveness when otherwise idle, both ways
+// Liveness, both ways. A worker's also says what its executor is doing:
+// the controller's status() and op_timeout read it (the controller's own
+// heartbeats leave the fields empty).
+struct Heartbeat {
+  uint64_t started = 0;  // messages the executor has started so far
+  bool busy = false;     // running message `started` (else waiting for work)
+  uint32_t busy_ms = 0;  // for about this long
+  std::string doing;     // what that message is: "collective all_reduce", "op aten::mm"
   template <class S, class V>
-  static void visit(S&, V&) {}
+  static void visit(S& s, V& v) {
+    v(s.started, "started"), v(s.busy, "busy"), v(s.busy_ms, "busy_ms"), v(s.doing, "doing");
+  }
 };
 
 // --- controller -> worker: the runtime --------------------------------------------
@@ -169,6 +178,16 @@ struct Sync {  // reply SyncDone once everything before it was processed
   uint64_t id = 0;
   template <class S, class V>
   static void visit(S& s, V& v) { v(s.id, "id"); }
+};
+// A worker was lost: every communicator it belongs to is aborted at once
+// (a survivor blocked in a collective with it is not left waiting), and
+// no later one with it can form. Sent on the control lane; a worker's I/O
+// thread acts on it even while its executor is busy.
+struct PeerLost {
+  int32_t rank = -1;
+  std::string reason;
+  template <class S, class V>
+  static void visit(S& s, V& v) { v(s.rank, "rank"), v(s.reason, "reason"); }
 };
 struct Shutdown {  // finish everything before it, then exit 0
   template <class S, class V>
@@ -326,9 +345,13 @@ struct CommInit {  // join a communicator: its id and member ranks
   // a CommInit with this parent at the same point of its stream, those in
   // none of the new groups with comm 0 and no ranks.
   uint64_t parent = 0;
+  // Each member's host as the controller sees it (the address its control
+  // connection came from; empty for a local worker): a worker advertises to
+  // its peers the address of the interface that routes to them.
+  std::vector<std::string> hosts;
   template <class S, class V>
   static void visit(S& s, V& v) {
-    v(s.comm, "comm"), v(s.timeout_ms, "timeout_ms"), v(s.ranks, "ranks"), v(s.parent, "parent");
+    v(s.comm, "comm"), v(s.timeout_ms, "timeout_ms"), v(s.ranks, "ranks"), v(s.parent, "parent"), v(s.hosts, "hosts");
   }
 };
 
@@ -478,6 +501,7 @@ struct Failed {  // a request failed
   X(Exit, 16, kToWorker, "exit")                              \
   X(Print, 17, kToWorker, "print")                            \
   X(Sleep, 18, kToWorker, "sleep")                            \
+  X(PeerLost, 19, kToWorker, "peer_lost")                     \
   X(SyncDone, 30, kToController, "sync_done")                 \
   X(EchoReply, 31, kToController, "echo_reply")               \
   X(Error, 32, kToController, "error")                        \

@@ -85,7 +85,10 @@ void Tensors::comm_init(const wire::CommInit& m) {
         c->error = e.what();
       }
     }
-    if (c && c->comm) watch(c->comm.get(), c->ranks);
+    if (c && c->comm) {
+      watch(c->comm.get(), c->ranks);
+      track(c->comm.get(), c->ranks);
+    }
     return;
   }
   Comm& c = comms_[m.comm];
@@ -101,8 +104,18 @@ void Tensors::comm_init(const wire::CommInit& m) {
   try {
     if (device_.is_cpu()) {
 #ifdef COX_HAVE_GLOO
-      if (!gloo_device_) gloo_device_ = collectives::make_gloo_device(hooks_.gloo_hostname);
-      c.comm = collectives::connect_gloo(gloo_device_, index, static_cast<int>(m.ranks.size()), options, exchange);
+      std::string host;
+      try {
+        host = hooks_.gloo_hostname(m.hosts);
+      } catch (const std::exception&) {
+        exchange("");  // the rest of the group still gets its answer
+        throw;
+      }
+      auto& device = gloo_devices_[host];
+      if (!device) device = collectives::make_gloo_device(host);
+      c.comm = collectives::make_gloo(device, index, static_cast<int>(m.ranks.size()), options);
+      track(c.comm.get(), c.ranks);
+      collectives::connect_gloo(*c.comm, exchange);
 #else
       // Still take part in the rendezvous, so that it completes for the rest.
       exchange("");
@@ -113,6 +126,7 @@ void Tensors::comm_init(const wire::CommInit& m) {
       c.comm = collectives::connect_nccl(device_.index(), static_cast<cudaStream_t>(gpu_->comm_stream()), index,
                                          static_cast<int>(m.ranks.size()), options, exchange);
       watch(c.comm.get(), c.ranks);
+      track(c.comm.get(), c.ranks);
 #else
       exchange("");
       throw CommError("this build has no NCCL, so CUDA workers cannot run collectives");
@@ -122,6 +136,7 @@ void Tensors::comm_init(const wire::CommInit& m) {
       throw CommError(fmt::format("no collective backend for device {} in this worker", device_.str()));
     }
   } catch (const std::exception& e) {
+    untrack(c.comm.get());
     c.comm.reset();
     c.error = e.what();
   }

@@ -2,7 +2,10 @@
 #include "worker/connect.hpp"
 
 #include "common/check.hpp"
+#include "collectives/communicator.hpp"
 #include "transport/handshake.hpp"
+
+#include <arpa/inet.h>
 
 #include <fmt/format.h>
 
@@ -16,6 +19,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <thread>
 
 namespace cox::worker {
@@ -112,18 +116,70 @@ Session connect_and_handshake(const WorkerOptions& o, const std::string& token, 
   return s;
 }
 
-std::string gloo_hostname(int control_fd) {
+namespace {
+
+bool is_loopback(const std::string& host) {
+  in_addr a4{};
+  if (::inet_pton(AF_INET, host.c_str(), &a4) == 1) return (ntohl(a4.s_addr) >> 24) == 127;
+  in6_addr a6{};
+  if (::inet_pton(AF_INET6, host.c_str(), &a6) == 1) return IN6_IS_ADDR_LOOPBACK(&a6);
+  return host == "localhost";
+}
+
+std::string numeric_host(const sockaddr* sa, socklen_t len) {
+  char host[NI_MAXHOST];
+  if (::getnameinfo(sa, len, host, sizeof host, nullptr, 0, NI_NUMERICHOST) != 0) return "";
+  return host;
+}
+
+}  // namespace
+
+std::string route_to(const std::string& host) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_DGRAM;
+  hints.ai_flags = AI_NUMERICHOST;
+  addrinfo* res = nullptr;
+  if (int rc = ::getaddrinfo(host.c_str(), "9", &hints, &res); rc != 0) {
+    throw collectives::CommError(fmt::format("peer host '{}' is not a numeric address: {}", host, gai_strerror(rc)));
+  }
+  std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> guard(res, &::freeaddrinfo);
+  // A datagram socket's connect() only looks up the route: nothing is sent.
+  const int fd = ::socket(res->ai_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw collectives::CommError(fmt::format("socket: {}", std::strerror(errno)));
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  const bool ok = ::connect(fd, res->ai_addr, res->ai_addrlen) == 0 &&
+                  ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) == 0;
+  const int err = errno;
+  ::close(fd);
+  if (!ok) {
+    throw collectives::CommError(fmt::format(
+        "no interface of this host routes to peer host {} ({}); set $COX_GLOO_HOSTNAME to an address of this "
+        "worker that its peers can reach",
+        host, std::strerror(err)));
+  }
+  return numeric_host(reinterpret_cast<sockaddr*>(&ss), len);
+}
+
+std::string gloo_hostname(int control_fd, const std::vector<std::string>& hosts) {
   if (const char* h = std::getenv("COX_GLOO_HOSTNAME"); h && *h) return h;
   sockaddr_storage ss{};
   socklen_t len = sizeof ss;
+  std::string local;
   if (::getsockname(control_fd, reinterpret_cast<sockaddr*>(&ss), &len) == 0 &&
       (ss.ss_family == AF_INET || ss.ss_family == AF_INET6)) {
-    char host[NI_MAXHOST];
-    if (::getnameinfo(reinterpret_cast<sockaddr*>(&ss), len, host, sizeof host, nullptr, 0, NI_NUMERICHOST) == 0) {
-      return host;
-    }
+    local = numeric_host(reinterpret_cast<sockaddr*>(&ss), len);
   }
-  return "127.0.0.1";
+  // A member on another host: the interface that routes to it (a worker
+  // that reached its controller over loopback must not advertise loopback
+  // to such a peer). Members seen from loopback share the controller's host.
+  for (const std::string& h : hosts) {
+    if (h.empty() || is_loopback(h) || h == local) continue;
+    std::string mine = route_to(h);
+    if (!is_loopback(mine)) return mine;
+  }
+  return local.empty() ? "127.0.0.1" : local;
 }
 
 }  // namespace cox::worker

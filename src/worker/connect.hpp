@@ -7,6 +7,7 @@
 #include "worker/worker.hpp"
 
 #include <string>
+#include <vector>
 
 namespace cox::worker {
 
@@ -19,9 +20,16 @@ struct Session {
 // cox::Error when it refuses this worker or fails to prove the token.
 Session connect_and_handshake(const WorkerOptions& o, const std::string& token, const std::string& device);
 
-// The address this worker's Gloo listens on: $COX_GLOO_HOSTNAME, else the
-// local address of its connection to the controller (an interface its
-// peers can most likely reach too), else loopback for a local controller.
-std::string gloo_hostname(int control_fd);
+// The address this worker's Gloo listens on for a group whose members'
+// hosts, as the controller sees them, are `hosts` (empty: a local worker):
+// $COX_GLOO_HOSTNAME when set; else, when a member is on another host, the
+// address of the interface that routes to it (never loopback); else the
+// local address of the connection to the controller, or loopback for a
+// local controller. Throws collectives::CommError, naming the peer and
+// $COX_GLOO_HOSTNAME, when no interface routes to a member's host.
+std::string gloo_hostname(int control_fd, const std::vector<std::string>& hosts);
+// The address of the local interface that routes to `host` (no traffic
+// is sent); throws collectives::CommError when none does.
+std::string route_to(const std::string& host);
 
 }  // namespace cox::worker

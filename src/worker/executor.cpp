@@ -13,7 +13,7 @@
 namespace cox::worker {
 
 namespace {
-Tensors::Hooks hooks(std::string gloo_hostname,
+Tensors::Hooks hooks(std::function<std::string(const std::vector<std::string>&)> gloo_hostname,
                      std::function<std::vector<std::string>(uint64_t, const std::string&, std::chrono::milliseconds)> rv) {
   Tensors::Hooks h;
   h.rendezvous = std::move(rv);
@@ -22,7 +22,8 @@ Tensors::Hooks hooks(std::string gloo_hostname,
 }
 }  // namespace
 
-Executor::Executor(int rank, const at::Device& device, Outbox& out, StreamReader& in, std::string gloo_hostname)
+Executor::Executor(int rank, const at::Device& device, Outbox& out, StreamReader& in,
+                   std::function<std::string(const std::vector<std::string>&)> gloo_hostname)
     : rank_(rank),
       out_(out),
       in_(in),
@@ -87,6 +88,21 @@ std::vector<std::string> Executor::rendezvous(uint64_t comm, const std::string& 
       wire::FrameView{wire::MsgType::kRendezvousReply, payload->data(), payload->size()});
   if (!reply.ok) throw collectives::CommError("rendezvous failed: " + reply.error);
   return std::move(reply.blobs);
+}
+
+std::string Executor::describe(wire::MsgType type, uint32_t detail) const {
+  switch (type) {
+    case wire::MsgType::kOp: {
+      std::string name = tensors_.op_name(detail);
+      return "op " + (name.empty() ? fmt::format("#{}", detail) : name);
+    }
+    case wire::MsgType::kCollective: {
+      static const char* const kinds[] = {"", "all_reduce", "reduce_scatter", "all_gather", "all_to_all",
+                                          "broadcast", "barrier"};
+      return detail >= 1 && detail <= 6 ? fmt::format("collective {}", kinds[detail]) : "collective";
+    }
+    default: return wire::to_string(type);
+  }
 }
 
 void Executor::report(const std::string& op, const std::string& message) {

@@ -9,6 +9,7 @@
 #include "worker/stream_reader.hpp"
 #include "worker/tensors.hpp"
 
+#include <atomic>
 #include <string>
 #include <unordered_set>
 
@@ -16,14 +17,33 @@ namespace cox::worker {
 
 class Executor final : public StreamReader::ChunkSink {
  public:
-  Executor(int rank, const at::Device& device, Outbox& out, StreamReader& in, std::string gloo_hostname);
+  Executor(int rank, const at::Device& device, Outbox& out, StreamReader& in,
+           std::function<std::string(const std::vector<std::string>&)> gloo_hostname);
 
   // Runs one frame; returns false once told to shut down.
   bool run(const wire::FrameView& f) {
     ++index_;
+    progress_.type.store(static_cast<uint8_t>(f.type), std::memory_order_relaxed);
+    progress_.started.store(index_, std::memory_order_release);
     wire::dispatch<wire::Dir::kToWorker>(f, *this);
+    progress_.finished.store(index_, std::memory_order_release);
     return !shutdown_;
   }
+
+  // What the executor is doing, for the I/O thread's heartbeats: relaxed
+  // stores on the executor's path, read a few times a second.
+  struct Progress {
+    std::atomic<uint64_t> started{0};   // messages started
+    std::atomic<uint64_t> finished{0};  // messages finished
+    std::atomic<uint8_t> type{0};       // the last one's MsgType
+    std::atomic<uint32_t> detail{0};    // its op id, or collective kind
+  };
+  const Progress& progress() const noexcept { return progress_; }
+  // Any thread: what message `type` with `detail` is, in words.
+  std::string describe(wire::MsgType type, uint32_t detail) const;
+  // Any thread: a peer was lost (the I/O thread calls this too, while a
+  // collective may block the executor).
+  void peer_lost(const wire::PeerLost& m) { tensors_.peer_lost(m.rank, m.reason); }
 
   void on(const wire::Heartbeat&) {}
   void on(const wire::Sync& m);
@@ -35,7 +55,9 @@ class Executor final : public StreamReader::ChunkSink {
   void on(const wire::Print& m);
   void on(const wire::Sleep& m);
   void on(const wire::DefineOp& m) { tensors_.define_op(m); }
+  void on(const wire::PeerLost& m) { peer_lost(m); }
   void on(const wire::Op& m) {
+    progress_.detail.store(m.op, std::memory_order_relaxed);
     if (auto err = tensors_.run_op(m)) report("op", *err);
   }
   void on(const wire::Free& m) { tensors_.free(m); }
@@ -53,6 +75,7 @@ class Executor final : public StreamReader::ChunkSink {
   void on(const wire::Stats& m) { tensors_.stats(m); }
   void on(const wire::CommInit& m) { tensors_.comm_init(m); }
   void on(const wire::Collective& m) {
+    progress_.detail.store(static_cast<uint32_t>(m.kind), std::memory_order_relaxed);
     if (auto err = tensors_.collective(m)) report("barrier", *err);
   }
   void on(const wire::Transfer& m) {
@@ -75,6 +98,7 @@ class Executor final : public StreamReader::ChunkSink {
   uint64_t index_ = 0;
   uint64_t next_seq_ = 0;
   bool shutdown_ = false;
+  Progress progress_;
   std::unordered_set<uint64_t> abandoned_;  // rendezvous given up on: their late answers are dropped
   Tensors tensors_;
 };

@@ -19,6 +19,11 @@ constexpr size_t kDirectChunk = 64 * 1024;
 StreamReader::StreamReader(int fd, size_t max_frame) : fd_(fd), scanner_(max_frame), buf_(256 * 1024) {}
 
 std::optional<wire::FrameView> StreamReader::next() {
+  std::lock_guard<std::mutex> lk(mu_);
+  return next_locked();
+}
+
+std::optional<wire::FrameView> StreamReader::next_locked() {
   if (!stash_.empty()) {
     current_ = std::move(stash_.front());
     stash_.pop_front();
@@ -83,6 +88,17 @@ bool StreamReader::fill() {
 bool StreamReader::read_into(uint8_t* p, size_t n, bool all) {
   size_t done = 0;
   while (done < n) {
+    if (side_pos_ < side_.size()) {
+      // What drain() read comes first.
+      const size_t k = std::min(n - done, side_.size() - side_pos_);
+      std::memcpy(p + done, side_.data() + side_pos_, k);
+      side_pos_ += k;
+      if (side_pos_ == side_.size()) side_.clear(), side_pos_ = 0;
+      if (p == buf_.data() + have_) have_ += k;
+      done += k;
+      if (!all) return true;
+      continue;
+    }
     // The socket is blocking unless the I/O thread's writes made it
     // non-blocking; then poll() is the wait. Under a deadline, a read
     // only follows a poll that found data.
@@ -111,6 +127,50 @@ bool StreamReader::read_into(uint8_t* p, size_t n, bool all) {
     idle_.store(false, std::memory_order_relaxed);
   }
   return true;
+}
+
+void StreamReader::drain(wire::MsgType type, const std::function<void(const wire::FrameView&)>& on_frame) {
+  std::unique_lock<std::mutex> lk(mu_, std::try_to_lock);
+  if (!lk) return;  // the executor is reading: it sees every frame itself
+  // Read what is there.
+  bool behind = false;
+  for (;;) {
+    const size_t queued = (have_ - pos_) + (side_.size() - side_pos_);
+    if (queued >= kDrainLimit) {
+      behind = true;
+      break;
+    }
+    const size_t at = side_.size();
+    const size_t want = std::min<size_t>(kDrainLimit - queued, 1 << 20);
+    side_.resize(at + want);
+    const ssize_t r = ::recv(fd_, side_.data() + at, want, MSG_DONTWAIT);
+    side_.resize(at + (r > 0 ? static_cast<size_t>(r) : 0));
+    if (r > 0) {
+      last_receive_.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed);
+      continue;
+    }
+    if (r < 0 && errno == EINTR) continue;
+    break;  // nothing more now; the end of the stream and errors are the executor's to see
+  }
+  behind_.store(behind, std::memory_order_relaxed);
+  // Walk the whole frames waiting: those in buf_ from pos_ (a frame
+  // boundary whenever the executor is not reading), then those in side_.
+  const size_t in_buf = have_ - pos_;
+  const size_t total = in_buf + (side_.size() - side_pos_);
+  auto byte_at = [&](size_t i) { return i < in_buf ? buf_[pos_ + i] : side_[side_pos_ + (i - in_buf)]; };
+  std::vector<uint8_t> frame;
+  size_t at = 0;
+  while (total - at >= wire::kFrameHeaderBytes + 1) {
+    uint32_t len = 0;
+    for (size_t k = 0; k < 4; ++k) len |= uint32_t{byte_at(at + k)} << (8 * k);
+    if (len == 0 || total - at - wire::kFrameHeaderBytes < len) break;  // partial (a bad one is the executor's to refuse)
+    if (static_cast<wire::MsgType>(byte_at(at + wire::kFrameHeaderBytes)) == type && len <= wire::kMinMaxFrame) {
+      frame.resize(len - 1);
+      for (size_t k = 0; k + 1 < len; ++k) frame[k] = byte_at(at + wire::kFrameHeaderBytes + 1 + k);
+      on_frame(wire::FrameView{type, frame.data(), frame.size()});
+    }
+    at += wire::kFrameHeaderBytes + len;
+  }
 }
 
 }  // namespace cox::worker

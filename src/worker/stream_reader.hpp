@@ -1,10 +1,13 @@
 // The controller's stream as the worker's executor reads it: whole frames
 // (fragmented messages put back together), in order.
 //
-// Executor thread only. While it waits for work it sleeps in read() on the
-// socket, as a hand-written server would, so a message costs no hand-off
-// between threads. (The worker's I/O thread only writes: heartbeats,
-// replies, output.)
+// The executor thread reads. While it waits for work it sleeps in read()
+// on the socket, as a hand-written server would, so a message costs no
+// hand-off between threads. While it runs a message, the I/O thread may
+// drain(): read what has arrived (into a side buffer the executor reads
+// first) and look at the frames waiting, so that a notice that must not
+// wait for the executor (a peer lost in the middle of a collective) is
+// acted on, and the controller's heartbeats are heard.
 //
 // A message may itself wait for a particular answer from the controller (a
 // rendezvous while a communicator is set up): wait_for() reads on, setting
@@ -17,6 +20,8 @@
 #include <atomic>
 #include <chrono>
 #include <deque>
+#include <functional>
+#include <mutex>
 #include <optional>
 #include <vector>
 
@@ -48,6 +53,7 @@ class StreamReader {
   // Throws cox::Timeout once `deadline` passes.
   template <class Match>
   std::optional<std::vector<uint8_t>> wait_for(wire::MsgType type, Match&& match, Clock::time_point deadline) {
+    std::lock_guard<std::mutex> lk(mu_);
     // Frames set aside keep their order with the chunks after them: no
     // chunk goes straight into its tensor meanwhile.
     waiting_ = true;
@@ -71,6 +77,18 @@ class StreamReader {
     }
   }
 
+  // I/O thread, while the executor may be busy: reads what has arrived,
+  // without waiting (at most kDrainLimit bytes ahead of the executor), and
+  // calls `on_frame` for every whole frame of type `type` (a small one) not
+  // yet handed to the executor; a later drain may show it again, and the
+  // executor still gets every frame, in order. Does nothing while the
+  // executor itself reads.
+  void drain(wire::MsgType type, const std::function<void(const wire::FrameView&)>& on_frame);
+  static constexpr size_t kDrainLimit = size_t{64} << 20;
+  // Whether the last drain stopped at kDrainLimit: the stream is not silent,
+  // the executor is behind.
+  bool behind() const noexcept { return behind_.load(std::memory_order_relaxed); }
+
   // Any thread: whether the executor is waiting for the stream, and when
   // bytes last arrived.
   bool idle() const noexcept { return idle_.load(std::memory_order_relaxed); }
@@ -79,6 +97,7 @@ class StreamReader {
   }
 
  private:
+  std::optional<wire::FrameView> next_locked();
   std::optional<wire::FrameView> next_from_socket();
   // Reads into [p, p+n) (the buffer's free space, or a sink); false at the
   // end of the stream. `all`: until n bytes are in.
@@ -98,6 +117,12 @@ class StreamReader {
   size_t have_ = 0;  // bytes in buf_
   std::deque<std::vector<uint8_t>> stash_;  // type byte + payload
   std::vector<uint8_t> current_;
+  // Held by the executor while it reads and parses, by drain() while it
+  // reads into side_; buf_ is written by the executor only.
+  std::mutex mu_;
+  std::vector<uint8_t> side_;  // drained bytes, after those in buf_
+  size_t side_pos_ = 0;        // start of the side bytes not yet taken
+  std::atomic<bool> behind_{false};
   std::atomic<bool> idle_{false};
   std::atomic<Clock::rep> last_receive_{Clock::now().time_since_epoch().count()};
 };

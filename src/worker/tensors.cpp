@@ -66,6 +66,41 @@ void Tensors::watch(collectives::Communicator* comm, const std::vector<int32_t>&
   watch_->comms.emplace_back(comm, ranks);
 }
 
+void Tensors::track(collectives::Communicator* comm, const std::vector<int32_t>& ranks) {
+  std::lock_guard<std::mutex> lk(members_.mu);
+  members_.comms.emplace_back(comm, ranks);
+  for (int32_t r : ranks) {
+    if (auto it = members_.lost.find(r); it != members_.lost.end()) {
+      comm->cancel(fmt::format("worker {} was lost: {}", r, it->second));
+      break;
+    }
+  }
+}
+
+void Tensors::untrack(collectives::Communicator* comm) {
+  if (!comm) return;
+  std::lock_guard<std::mutex> lk(members_.mu);
+  auto& v = members_.comms;
+  v.erase(std::remove_if(v.begin(), v.end(), [&](const auto& e) { return e.first == comm; }), v.end());
+}
+
+void Tensors::peer_lost(int32_t rank, const std::string& reason) {
+  // Under the lock: a communicator is untracked before it is destroyed.
+  // cancel() only wakes waits; it never waits itself.
+  std::lock_guard<std::mutex> lk(members_.mu);
+  if (!members_.lost.emplace(rank, reason).second) return;
+  const std::string why = fmt::format("worker {} was lost: {}", rank, reason);
+  for (auto& [comm, ranks] : members_.comms) {
+    if (std::find(ranks.begin(), ranks.end(), rank) != ranks.end()) comm->cancel(why);
+  }
+}
+
+std::string Tensors::op_name(uint32_t id) const {
+  std::lock_guard<std::mutex> lk(names_mu_);
+  auto it = names_.find(id);
+  return it == names_.end() ? std::string() : it->second;
+}
+
 void Tensors::abort_comms([[maybe_unused]] const std::string& why) {
 #ifdef COX_HAVE_NCCL
   std::lock_guard<std::mutex> lk(watch_->mu);
@@ -120,6 +155,10 @@ void Tensors::define_op(const wire::DefineOp& m) {
   if (ops_.size() <= m.op) ops_.resize(m.op + 1);
   Op& op = ops_[m.op];
   op.name = m.overload.empty() ? m.name : m.name + "." + m.overload;
+  {
+    std::lock_guard<std::mutex> lk(names_mu_);
+    names_[m.op] = op.name;
+  }
   auto handle = c10::Dispatcher::singleton().findSchema({m.name, m.overload});
   op.handle.reset();
   if (handle.has_value()) op.handle.emplace(*handle);

@@ -34,8 +34,10 @@ class Tensors {
     // or no answer comes within `timeout`.
     std::function<std::vector<std::string>(uint64_t comm, const std::string& blob, std::chrono::milliseconds timeout)>
         rendezvous;
-    // The address Gloo listens on: one this worker's peers can reach.
-    std::string gloo_hostname = "127.0.0.1";
+    // The address Gloo listens on for a group whose members' hosts (as the
+    // controller sees them) are `hosts`: one they can all reach. Throws
+    // collectives::CommError when it cannot tell.
+    std::function<std::string(const std::vector<std::string>& hosts)> gloo_hostname;
   };
   // A CUDA `device` binds this process to it (throws cox::Error when it
   // cannot); then ops run on a compute stream and collectives on their own.
@@ -77,6 +79,13 @@ class Tensors {
   std::optional<std::string> transfer_gpu(const wire::Transfer& m);
 
   size_t live() const noexcept { return table_.size(); }
+
+  // Any thread (the I/O thread too, while a collective blocks the
+  // executor): worker `rank` was lost. Every communicator it belongs to is
+  // cancelled at once, and none with it is set up later.
+  void peer_lost(int32_t rank, const std::string& reason);
+  // Any thread: the name of op `id` ("aten::mm"), or empty.
+  std::string op_name(uint32_t id) const;
 
  private:
   // A failed op's outputs, and everything computed from them.
@@ -137,6 +146,10 @@ class Tensors {
   void store(uint64_t id, at::Tensor t) { table_[id] = Slot{std::move(t), nullptr, nullptr}; }
   void fail(uint64_t id, std::shared_ptr<const Failure> f) { table_[id] = Slot{at::Tensor(), std::move(f), nullptr}; }
   void watch(collectives::Communicator* comm, const std::vector<int32_t>& ranks);
+  // Registers a communicator for peer_lost(); cancels it at once when one
+  // of its members is already lost.
+  void track(collectives::Communicator* comm, const std::vector<int32_t>& ranks);
+  void untrack(collectives::Communicator* comm);
   // A transfer's communicator (a ProtocolError when it was never set up).
   Comm& comm_of(uint64_t id);
   // Aborts every NCCL communicator (after an asynchronous failure), so that
@@ -168,7 +181,16 @@ class Tensors {
       remote_;
   std::vector<void*> libraries_;
   std::unordered_map<uint64_t, Comm> comms_;
-  std::shared_ptr<gloo::transport::Device> gloo_device_;
+  std::unordered_map<std::string, std::shared_ptr<gloo::transport::Device>> gloo_devices_;  // by address
+  // The communicators by member, for peer_lost() from any thread.
+  struct Membership {
+    std::mutex mu;
+    std::vector<std::pair<collectives::Communicator*, std::vector<int32_t>>> comms;
+    std::unordered_map<int32_t, std::string> lost;  // rank -> why
+  };
+  Membership members_;
+  mutable std::mutex names_mu_;
+  std::unordered_map<uint32_t, std::string> names_;  // op id -> name, for status reports
   std::shared_ptr<CommWatch> watch_ = std::make_shared<CommWatch>();
   std::chrono::milliseconds comm_timeout_{std::chrono::minutes(10)};
   std::unique_ptr<Gpu> gpu_;  // CUDA workers only

@@ -26,6 +26,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -109,28 +110,74 @@ int run_worker(const WorkerOptions& o) {
   StreamReader reader(s.fd, s.welcome.max_frame);
   Outbox outbox(*channel, hb_timeout);
 
-  // Heartbeats out, and the controller watched, on the I/O thread, so that a
-  // long operation on the executor changes neither.
-  asio::steady_timer heartbeat(io);
-  const std::vector<uint8_t> hb_frame = wire::encode_frame(wire::Heartbeat{});
-  std::function<void()> beat = [&] {
-    heartbeat.expires_after(hb_interval);
-    heartbeat.async_wait([&](const std::error_code& ec) {
+  // On the I/O thread, so that a long operation on the executor changes
+  // none of it: heartbeats out (saying what the executor is doing), the
+  // controller watched (silence past heartbeat_timeout ends this worker,
+  // in a collective or not), and notices of lost peers acted on while the
+  // executor is busy.
+  std::atomic<Executor*> exec_ptr{nullptr};
+  asio::steady_timer watch(io);
+  const milliseconds tick = std::min(hb_interval, milliseconds(100));
+  auto next_beat = Clock::now();
+  uint64_t seen_started = 0;
+  auto busy_since = Clock::now();
+  std::function<void()> on_tick = [&] {
+    watch.expires_after(tick);
+    watch.async_wait([&](const std::error_code& ec) {
       if (ec) return;
       pollfd p{s.fd, POLLRDHUP, 0};
       if (::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) && !write_side.stopping.load()) {
         die(o.rank, "lost the controller: connection closed");
       }
-      const auto silent = std::chrono::duration_cast<milliseconds>(Clock::now() - reader.last_receive());
-      if (reader.idle() && silent > hb_timeout) {
-        die(o.rank, fmt::format("no message from the controller for {} ms", silent.count()));
+      Executor* exec = exec_ptr.load(std::memory_order_acquire);
+      if (exec) {
+        reader.drain(wire::MsgType::kPeerLost, [&](const wire::FrameView& f) {
+          try {
+            exec->peer_lost(wire::decode<wire::PeerLost>(f));
+          } catch (const ProtocolError&) {
+            // A malformed notice is the executor's to refuse, in order.
+          }
+        });
       }
-      // On the control lane: ahead of any reply being streamed.
-      channel->send_control(hb_frame);
-      beat();
+      const auto now = Clock::now();
+      const auto silent = std::chrono::duration_cast<milliseconds>(now - reader.last_receive());
+      if (silent > hb_timeout && !reader.behind() && !write_side.stopping.load()) {
+        die(o.rank, fmt::format("no message from the controller for {} ms (heartbeat_timeout {} ms)", silent.count(),
+                                hb_timeout.count()));
+      }
+      if (now >= next_beat) {
+        next_beat = now + hb_interval;
+        wire::Heartbeat hb;
+        if (exec) {
+          const auto& pr = exec->progress();
+          hb.started = pr.started.load(std::memory_order_acquire);
+          hb.busy = hb.started > pr.finished.load(std::memory_order_acquire);
+          if (hb.busy) {
+            if (hb.started != seen_started) {
+              seen_started = hb.started;
+              busy_since = now;  // started since the last look
+            }
+            hb.busy_ms = static_cast<uint32_t>(
+                std::min<int64_t>(std::chrono::duration_cast<milliseconds>(now - busy_since).count(), UINT32_MAX));
+            hb.doing = exec->describe(static_cast<wire::MsgType>(pr.type.load(std::memory_order_relaxed)),
+                                      pr.detail.load(std::memory_order_relaxed));
+          }
+        }
+        // On the control lane: ahead of any reply being streamed.
+        channel->send_control(wire::encode_frame(hb));
+      } else if (exec) {
+        // Between heartbeats, note when the running message started.
+        const auto& pr = exec->progress();
+        const uint64_t started = pr.started.load(std::memory_order_acquire);
+        if (started != seen_started && started > pr.finished.load(std::memory_order_acquire)) {
+          seen_started = started;
+          busy_since = now;
+        }
+      }
+      on_tick();
     });
   };
-  beat();
+  on_tick();
   // Attached workers send their output to the controller; a local one's
   // output reaches it through the pipes its controller made.
   const bool forward_output = !std::getenv("COX_PARENT_PID") || !*std::getenv("COX_PARENT_PID");
@@ -148,11 +195,14 @@ int run_worker(const WorkerOptions& o) {
   ops_detail::ensure_registered();  // Coxswain's own ops (fused optimizers)
   std::optional<Executor> exec_holder;
   try {
-    exec_holder.emplace(o.rank, device, outbox, reader, gloo_hostname(s.fd));
+    const int control_fd = s.fd;
+    exec_holder.emplace(o.rank, device, outbox, reader,
+                        [control_fd](const std::vector<std::string>& hosts) { return gloo_hostname(control_fd, hosts); });
   } catch (const std::exception& e) {
     die(o.rank, std::string("cannot use device ") + device.str() + ": " + e.what());
   }
   Executor& exec = *exec_holder;
+  exec_ptr.store(&exec, std::memory_order_release);
   bool shut_down = false;
   try {
     for (;;) {
@@ -178,7 +228,7 @@ int run_worker(const WorkerOptions& o) {
   // Everything answered so far reaches the controller before we go.
   channel->flush_blocking(milliseconds(2000));
   asio::post(io, [&] {
-    heartbeat.cancel();
+    watch.cancel();
     channel->close("worker shut down");
     io.stop();
   });

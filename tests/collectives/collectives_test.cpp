@@ -33,6 +33,23 @@ Controller& controller() {
 
 DeviceMesh flat() { return controller().mesh({{"w", 6}}); }
 
+// Whether every worker in `ranks` reports (by its heartbeats) that it is
+// running `what`, within 20 s.
+bool in_collective(Controller& ctl, const std::vector<int>& ranks, const std::string& what) {
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    const auto status = ctl.status();
+    if (std::all_of(ranks.begin(), ranks.end(), [&](int r) {
+          const auto& s = status[static_cast<size_t>(r)];
+          return s.state == WorkerStatus::State::kBusy && s.doing == what;
+        })) {
+      return true;
+    }
+    std::this_thread::sleep_for(10ms);
+  }
+  return false;
+}
+
 struct MeshCase {
   std::string name;
   DeviceMesh mesh;
@@ -372,6 +389,7 @@ TEST_CASE("a worker killed during a collective ends in WorkerLost, not a hang", 
   ControllerOptions o;
   o.workers = 3;
   o.worker_path = COX_TEST_WORKER;
+  o.heartbeat_interval = 100ms;
   o.heartbeat_timeout = 5000ms;
   o.output_sink = [](int, OutputStream, std::string_view) {};
   Controller ctl = Controller::local(o);
@@ -379,12 +397,11 @@ TEST_CASE("a worker killed during a collective ends in WorkerLost, not a hang", 
   Tensor x = ones(m, {1 << 16});
   // Communicators set up and working.
   REQUIRE(all_reduce(x).fetch({{"x", 0}}).get(30000ms)[0].item<float>() == 3.0f);
-  // Worker 2 is busy on its own, so workers 0 and 1 reach the collective first
-  // and wait in it for worker 2, which is killed.
-  Tensor busy = randn(m.slice("x", 2, 3), {600, 600});
-  for (int i = 0; i < 20; ++i) busy = cox::tanh(busy.matmul(busy));
+  // Worker 2 is stopped, so workers 0 and 1 wait in the collective for it;
+  // once they are seen waiting there, it is killed.
+  ::kill(static_cast<pid_t>(ctl.worker_pid(2)), SIGSTOP);
   Tensor y = all_reduce(x);
-  std::this_thread::sleep_for(100ms);
+  REQUIRE(in_collective(ctl, {0, 1}, "collective all_reduce"));
   ::kill(static_cast<pid_t>(ctl.worker_pid(2)), SIGKILL);
   for (int64_t r : {0, 1}) {
     try {
@@ -405,15 +422,15 @@ TEST_CASE("a worker lost before a communicator forms fails the rendezvous", "[co
   ControllerOptions o;
   o.workers = 3;
   o.worker_path = COX_TEST_WORKER;
+  o.heartbeat_interval = 100ms;
   o.output_sink = [](int, OutputStream, std::string_view) {};
   Controller ctl = Controller::local(o);
   DeviceMesh m = ctl.mesh({{"x", 3}});
   Tensor x = ones(m, {8});
-  // Worker 2 is busy while 0 and 1 start setting up the group, then dies.
-  Tensor busy = randn(m.slice("x", 2, 3), {600, 600});
-  for (int i = 0; i < 20; ++i) busy = cox::tanh(busy.matmul(busy));
+  // Worker 2 is stopped while 0 and 1 start setting up the group, then dies.
+  ::kill(static_cast<pid_t>(ctl.worker_pid(2)), SIGSTOP);
   Tensor y = all_reduce(x);
-  std::this_thread::sleep_for(100ms);
+  REQUIRE(in_collective(ctl, {0, 1}, "comm_init"));
   ::kill(static_cast<pid_t>(ctl.worker_pid(2)), SIGKILL);
   for (int64_t r : {0, 1}) {
     try {

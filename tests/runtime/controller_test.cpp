@@ -57,7 +57,8 @@ TEST_CASE("a moved-from controller is inert and the moved-to one owns the worker
 TEST_CASE("sync rethrows the first remote error once, naming rank and op", "[controller][errors]") {
   Controller ctl = Controller::local(local_options(3));
   post(ctl, 1, wire::Raise{"first failure"});
-  post(ctl, 2, wire::Sleep{50});
+  // Worker 2 fails only once worker 1's error is in.
+  REQUIRE(eventually([&] { return ctl.impl().has_remote_error(); }));
   post(ctl, 2, wire::Raise{"second failure"});
   try {
     ctl.sync();
