@@ -24,10 +24,14 @@ using namespace cox::test;
 
 namespace {
 
+std::string last_failed;  // the last command that failed, for the skip message
+
 // Runs a command; returns its exit status.
 int sh(const std::string& cmd) {
   const int rc = std::system((cmd + " >/dev/null 2>&1").c_str());
-  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+  const int status = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+  if (status != 0) last_failed = cmd;
+  return status;
 }
 
 struct SkipUnlessRoot {
@@ -44,8 +48,11 @@ struct SkipUnlessRoot {
 } skip_unless_root;
 
 // A bridge in this namespace with `hosts` namespaces cabled to it.
+int next_hosts = 0;
+
 struct Hosts {
-  std::string id = std::to_string(::getpid() % 100000);
+  // Names and addresses of their own, per process and per test.
+  std::string id = std::to_string(::getpid() % 10000) + std::to_string(next_hosts++ % 10);
   std::string subnet = "10.213." + std::to_string(20 + ::getpid() % 200);
   std::string bridge = "cxb" + id;
   int hosts;
@@ -62,13 +69,16 @@ struct Hosts {
            sh("ip -n " + ns(h) + " link set eth0 up") == 0 && sh("ip -n " + ns(h) + " link set lo up") == 0;
     }
     if (!ok) {
+      const std::string failed = last_failed;
       teardown();
-      std::printf("skipped: cannot create network namespaces and a bridge here\n");
+      std::printf("skipped: cannot create network namespaces and a bridge here ('%s' failed)\n", failed.c_str());
       std::exit(77);
     }
   }
   ~Hosts() { teardown(); }
   void teardown() {
+    // A namespace goes away lazily; its cable is removed now.
+    for (int h = 1; h <= hosts; ++h) sh("ip link del " + cable(h));
     for (int h = 1; h <= hosts; ++h) sh("ip netns del " + ns(h));
     sh("ip link del " + bridge);
   }
