@@ -5,6 +5,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstring>
 #include <string>
@@ -16,7 +18,25 @@ namespace {
 constexpr size_t kDirectChunk = 64 * 1024;
 }  // namespace
 
-StreamReader::StreamReader(int fd, size_t max_frame) : fd_(fd), scanner_(max_frame), buf_(256 * 1024) {}
+StreamReader::StreamReader(int fd, size_t max_frame, const transport::SessionKeys* keys)
+    : fd_(fd),
+      scanner_(max_frame, keys ? transport::kTagBytes : 0),
+      buf_(256 * 1024),
+      trailer_(keys ? transport::kTagBytes : 0) {
+  if (keys) mac_ = std::make_unique<transport::FrameMac>(keys->recv, keys->recv_seq);
+}
+
+std::optional<wire::FrameView> StreamReader::take_frame(size_t* need) {
+  std::optional<wire::FrameView> frame;
+  const size_t used = scanner_.scan_one(buf_.data() + pos_, have_ - pos_, &frame, need);
+  if (!frame) return std::nullopt;
+  if (mac_ && pos_ + used > verified_) {
+    mac_->verify(*frame);  // throws ProtocolError: nothing unverified gets past
+    verified_ = pos_ + used;
+  }
+  pos_ += used;
+  return frame;
+}
 
 std::optional<wire::FrameView> StreamReader::next() {
   if (!stash_.empty()) {
@@ -29,11 +49,8 @@ std::optional<wire::FrameView> StreamReader::next() {
 
 std::optional<wire::FrameView> StreamReader::next_from_socket() {
   for (;;) {
-    std::optional<wire::FrameView> frame;
     size_t need = 0;
-    const size_t used = scanner_.scan_one(buf_.data() + pos_, have_ - pos_, &frame, &need);
-    if (frame) {
-      pos_ += used;
+    if (auto frame = take_frame(&need)) {
       if (auto whole = assembler_.feed(*frame)) return whole;
       continue;  // a fragment: read on
     }
@@ -42,6 +59,7 @@ std::optional<wire::FrameView> StreamReader::next_from_socket() {
     if (pos_ > 0) {
       std::memmove(buf_.data(), buf_.data() + pos_, have_ - pos_);
       have_ -= pos_;
+      verified_ = verified_ > pos_ ? verified_ - pos_ : 0;
       pos_ = 0;
     }
     if (need >= kDirectChunk && sink_ && !waiting_ && stash_.empty() && assembler_.idle()) {
@@ -62,15 +80,24 @@ bool StreamReader::read_chunk_direct(size_t need) {
   std::memcpy(&offset, h + 13, 8);
   std::memcpy(&len, h + 21, 8);
   // A chunk whose lengths disagree goes the usual way, to be refused there.
-  if (need != wire::kChunkOverhead + len) return false;
+  if (len > need || need != wire::kChunkOverhead + len + trailer_) return false;
   uint8_t* dest = sink_->chunk_sink(id, offset, len);
   if (!dest) return false;
+  // What is here: the header, part of the data, perhaps part of the tag.
   const size_t got = have - wire::kChunkOverhead;
-  std::memcpy(dest, h + wire::kChunkOverhead, got);
-  pos_ = have_ = 0;
-  if (!read_into(dest + got, static_cast<size_t>(len) - got, true)) {
+  const size_t got_data = static_cast<size_t>(std::min<uint64_t>(got, len));
+  std::array<uint8_t, wire::kChunkOverhead> head;
+  std::array<uint8_t, transport::kTagBytes> tag{};
+  std::memcpy(head.data(), h, head.size());
+  std::memcpy(dest, h + wire::kChunkOverhead, got_data);
+  std::memcpy(tag.data(), h + wire::kChunkOverhead + got_data, got - got_data);
+  pos_ = have_ = verified_ = 0;
+  if (!read_into(dest + got_data, static_cast<size_t>(len) - got_data, true) ||
+      !read_into(tag.data() + (got - got_data), trailer_ - (got - got_data), true)) {
     throw Error("the controller closed the connection in the middle of a tensor");
   }
+  // Into the tensor, but not handed on, before the tag checks out.
+  if (mac_) mac_->verify(head.data(), head.size(), dest, static_cast<size_t>(len), tag.data());
   sink_->on_chunk(id, offset, len);
   return true;
 }
