@@ -24,6 +24,14 @@
 // each side reports the median of its rounds and the ratio is between the
 // two medians of the same run. Neither side allocates per message.
 //
+//   attach       the same round trip, one-way stream and bulk transfers in
+//                attach mode (TCP loopback, one worker), with the frames of
+//                the session authenticated (tags, the default) beside the
+//                same with tags off ($COX_BENCHMARK_UNTAGGED_TCP on both
+//                ends), two controllers side by side taking turns: the cost
+//                of authentication (bulk --tiny: 1 and 4 MiB, --quick: 64
+//                and 256 MiB, else up to 1 GiB).
+//
 // A bulk size that fails (an error, or no progress within a generous limit:
 // a stuck controller cannot be shut down, so it is left behind) is reported
 // on its row, and the next size runs on a fresh controller; the benchmark
@@ -37,6 +45,8 @@
 
 #include "bench_util.hpp"
 #include "controller/controller_impl.hpp"
+#include "controller/launcher.hpp"
+#include "transport/session_mac.hpp"
 #include "wire/messages.hpp"
 
 #include <asio/connect.hpp>
@@ -547,6 +557,145 @@ bool bulk(const Options& cli, JsonRows& rows) {
   return ok;
 }
 
+// --- attach mode: authenticated sessions against untagged ones ---------------
+
+// An attaching controller over TCP loopback and the one worker it waits
+// for, which this process starts (and reaps).
+struct Attached {
+  std::unique_ptr<CoxBulk> cox;
+  controller::Spawned worker;
+
+  explicit Attached(bool tagged) {
+    // Both ends must agree; the controller reads the variable when its
+    // worker connects, which happens before attach() returns.
+    if (!tagged) ::setenv(transport::kBenchmarkUntaggedEnv, "1", 1);
+    ControllerOptions o;
+    o.workers = 1;
+    o.listen_host = "127.0.0.1";
+    o.on_listening = [&](const AttachInfo& info) {
+      worker = controller::spawn_process(
+          controller::find_worker_binary(""),
+          {"--connect", "127.0.0.1:" + std::to_string(info.port), "--rank", "0"},
+          {{"COX_TOKEN", info.token}, {"COX_PARENT_PID", ""}, {transport::kBenchmarkUntaggedEnv, tagged ? "0" : "1"}});
+    };
+    try {
+      cox = std::make_unique<CoxBulk>(Controller::attach(o));
+    } catch (...) {
+      ::unsetenv(transport::kBenchmarkUntaggedEnv);
+      throw;
+    }
+    ::unsetenv(transport::kBenchmarkUntaggedEnv);
+  }
+  ~Attached() {
+    cox.reset();  // shuts the worker down
+    if (worker.pid <= 0) return;
+    const auto deadline = Clock::now() + std::chrono::seconds(10);
+    int status = 0;
+    while (::waitpid(worker.pid, &status, WNOHANG) == 0) {
+      if (Clock::now() > deadline) {
+        ::kill(worker.pid, SIGKILL);
+        ::waitpid(worker.pid, &status, 0);
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));  // polling a child's exit
+    }
+    for (int fd : {worker.stdout_fd, worker.stderr_fd, worker.pidfd}) {
+      if (fd >= 0) ::close(fd);
+    }
+  }
+};
+
+void attach_rows(const Options& cli, JsonRows& rows) {
+  const int rt_iters = cli.tiny ? 200 : cli.quick ? 2000 : 10000;
+  const uint64_t stream_n = cli.tiny ? 20000 : cli.quick ? 300000 : 2000000;
+  constexpr int kRtRounds = 20, kStreamRounds = 5;
+  std::vector<size_t> sizes;
+  if (cli.tiny) {
+    sizes = {size_t{1} << 20, size_t{4} << 20};
+  } else if (cli.quick) {
+    sizes = {size_t{64} << 20, size_t{256} << 20};
+  } else {
+    sizes = {size_t{64} << 20, size_t{256} << 20, size_t{1} << 30};
+  }
+  const int bulk_rounds = cli.tiny ? 2 : cli.quick ? 3 : 5;
+
+  Attached tagged(true), untagged(false);
+  std::printf("\nattach mode (TCP loopback, one worker): frames authenticated (tagged) against untagged, by turns\n");
+  std::printf("%-10s %10s %14s %14s %8s\n", "test", "size", "tagged", "untagged", "ratio");
+  auto row = [&](const std::string& name, const std::string& unit, double value, double baseline) {
+    rows.add({{"bench", "messaging"}, {"case", "attach/" + name}, {"unit", unit}},
+             {{"value", value}, {"baseline", baseline}, {"ratio", value / baseline}});
+  };
+
+  std::vector<double> t_us, u_us;
+  cox_round_trips(tagged.cox->ctl, 200, t_us);
+  cox_round_trips(untagged.cox->ctl, 200, u_us);
+  t_us.clear();
+  u_us.clear();
+  for (int round = 0; round < kRtRounds; ++round) {
+    cox_round_trips(untagged.cox->ctl, rt_iters / kRtRounds, u_us);
+    cox_round_trips(tagged.cox->ctl, rt_iters / kRtRounds, t_us);
+  }
+  const double rt_t = stats(t_us).median, rt_u = stats(u_us).median;
+  std::printf("%-10s %10s %11.1f us %11.1f us %8.2f\n", "roundtrip", "", rt_t, rt_u, rt_t / rt_u);
+  row("roundtrip", "us", rt_t, rt_u);
+
+  uint64_t seq = 0;
+  const uint64_t per_round = stream_n / kStreamRounds;
+  cox_stream_msgs_per_s(untagged.cox->ctl, per_round / 2, seq);
+  cox_stream_msgs_per_s(tagged.cox->ctl, per_round / 2, seq);
+  seq += per_round / 2;
+  std::vector<double> t_rate, u_rate;
+  for (int round = 0; round < kStreamRounds; ++round) {
+    u_rate.push_back(cox_stream_msgs_per_s(untagged.cox->ctl, per_round, seq));
+    t_rate.push_back(cox_stream_msgs_per_s(tagged.cox->ctl, per_round, seq));
+    seq += per_round;
+  }
+  const double tp_t = stats(t_rate).median, tp_u = stats(u_rate).median;
+  std::printf("%-10s %10s %9.2f M/s %9.2f M/s %8.2f\n", "one-way", "", tp_t / 1e6, tp_u / 1e6, tp_t / tp_u);
+  row("one-way", "msgs/s", tp_t, tp_u);
+
+  for (size_t bytes : sizes) {
+    const std::string mib = std::to_string(bytes >> 20) + " MiB";
+    const auto limit = std::chrono::milliseconds(30000 + bytes / 20000);
+    const at::Tensor src = at::arange(static_cast<int64_t>(bytes / sizeof(float)), at::kFloat);
+    std::vector<double> put[2], get[2];  // [0] tagged, [1] untagged
+    auto round = [&](Attached& a, int side, bool timed) {
+      CoxBulk& c = *a.cox;
+      c.on_worker = Tensor();
+      c.mesh.sync(limit);
+      auto t0 = Clock::now();
+      c.on_worker = from_local(c.mesh, src);
+      c.mesh.sync(limit);
+      const double p = seconds_since(t0);
+      t0 = Clock::now();
+      at::Tensor back = c.on_worker.fetch(Coord{0}).get(limit);
+      const double g = seconds_since(t0);
+      if (!timed && !at::equal(back, src)) throw std::runtime_error("the fetched shard differs from the one sent");
+      if (timed) {
+        put[side].push_back(p);
+        get[side].push_back(g);
+      }
+    };
+    round(untagged, 1, false);
+    round(tagged, 0, false);
+    for (int r = 0; r < bulk_rounds; ++r) {
+      round(untagged, 1, true);
+      round(tagged, 0, true);
+    }
+    for (auto [op, side] : {std::pair<const char*, std::vector<double>*>{"from_local", put}, {"fetch", get}}) {
+      const double t = bytes / stats(side[0]).median / 1e9, u = bytes / stats(side[1]).median / 1e9;
+      std::printf("%-10s %10s %9.2f GB/s %9.2f GB/s %8.2f\n", op, mib.c_str(), t, u, t / u);
+      row(std::string(op) + "/bytes=" + std::to_string(bytes), "GB/s", t, u);
+    }
+    tagged.cox->on_worker = Tensor();
+    untagged.cox->on_worker = Tensor();
+    std::fflush(stdout);
+  }
+  std::printf("attach ratio: tagged/untagged (roundtrip: time, lower is better, the aim is <= 1.10; one-way and "
+              "bulk: rate, higher is better, the aim for bulk is >= 0.8)\n");
+}
+
 }  // namespace
 
 int run(int argc, char** argv) {
@@ -608,6 +757,7 @@ int run(int argc, char** argv) {
   }
   std::printf("roundtrip ratio: coxswain/raw time (lower is better); one-way ratio: coxswain/raw rate (higher is better)\n");
   const bool bulk_ok = bulk(opts_cli, rows);
+  attach_rows(opts_cli, rows);
   if (!json.empty() && !rows.write(json)) {
     std::cerr << "cannot write " << json << "\n";
     return 1;

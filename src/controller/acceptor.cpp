@@ -156,7 +156,13 @@ void Controller::Impl::finish_handshake(const std::shared_ptr<Handshake>& hs, co
   session.heartbeat_interval_ms = static_cast<uint32_t>(opts_.heartbeat_interval.count());
   session.heartbeat_timeout_ms = static_cast<uint32_t>(opts_.heartbeat_timeout.count());
   session.max_frame = opts_.max_frame_bytes;
-  w.channel = std::make_shared<transport::Channel>(std::move(hs->socket), opts_.max_frame_bytes, &w);
+  // Over TCP every frame from here on carries a tag, the Welcome first
+  // (transport/session_mac.hpp). Local mode's Unix socket lives in a 0700
+  // directory that only this user can reach: no tags there.
+  std::optional<transport::SessionKeys> keys;
+  if (transport::session_authenticated(hs->socket.native_handle())) keys = hs->protocol.session_keys(reply);
+  w.channel = std::make_shared<transport::Channel>(std::move(hs->socket), opts_.max_frame_bytes, &w,
+                                                   keys ? &*keys : nullptr);
   w.channel->send_control(hs->protocol.welcome(reply, session));
   w.channel->start();
   {

@@ -117,7 +117,15 @@ Controller::Impl::Impl(ControllerOptions options, Mode mode)
                 "max_frame_bytes must be in [{}, 2^32-1], got {}", wire::kMinMaxFrame, opts_.max_frame_bytes);
   COX_CHECK_ARG(opts_.send_timeout.count() > 0, "send_timeout must be positive, got {} ms", opts_.send_timeout.count());
   if (!opts_.output_sink) opts_.output_sink = default_output_sink();
-  token_ = opts_.token.empty() ? transport::generate_token() : opts_.token;
+  if (!opts_.token.empty()) {
+    transport::check_token(opts_.token, "ControllerOptions::token");
+    token_ = opts_.token;
+  } else if (auto from_env = mode_ == Mode::kAttach ? transport::token_from_environment() : std::nullopt) {
+    // An attaching controller shares its workers' token as they read it.
+    token_ = std::move(*from_env);
+  } else {
+    token_ = transport::generate_token();
+  }
   for (int r = 0; r < opts_.workers; ++r) {
     workers_.push_back(std::make_unique<Worker>(*this, r, io_));
     if (!devices.empty()) workers_.back()->spawn_device = devices[static_cast<size_t>(r)];

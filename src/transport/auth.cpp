@@ -7,13 +7,13 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 
 namespace cox::transport {
 namespace {
@@ -58,29 +58,82 @@ bool same_mac(const wire::Mac& a, const wire::Mac& b) noexcept {
   return CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
 }
 
-std::string load_worker_token() {
-  if (const char* t = std::getenv(kTokenEnv); t && *t) return t;
-  const char* path = std::getenv(kTokenFileEnv);
-  if (!path || !*path) {
-    throw InvalidArgument(fmt::format("no token: set ${} or ${} (a file readable by its owner only)", kTokenEnv,
-                                      kTokenFileEnv));
+void check_token(std::string_view token, std::string_view where) {
+  if (token.size() < kMinTokenBytes) {
+    throw InvalidArgument(fmt::format("the token from {} has {} bytes; at least {} are required (a random one: "
+                                      "openssl rand -hex 32)",
+                                      where, token.size(), kMinTokenBytes));
   }
+}
+
+namespace {
+
+std::string read_token_file(const char* path) {
+  // Opened once; everything is checked on this descriptor, so the file
+  // cannot be swapped between the check and the read. O_NONBLOCK: a FIFO
+  // put in its place does not hang us (it is refused below).
+  const int fd = ::open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+  if (fd < 0) {
+    const int err = errno;
+    if (err == ELOOP) {
+      throw InvalidArgument(fmt::format("token file '{}' (${}) is a symbolic link; name the file itself", path,
+                                        kTokenFileEnv));
+    }
+    throw InvalidArgument(fmt::format("token file '{}' (${}): {}", path, kTokenFileEnv, std::strerror(err)));
+  }
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
   struct stat st {};
-  if (::stat(path, &st) != 0) {
-    throw InvalidArgument(fmt::format("token file '{}' (${}): {}", path, kTokenFileEnv, std::strerror(errno)));
+  if (::fstat(fd, &st) != 0) {
+    throw InvalidArgument(fmt::format("token file '{}': fstat failed: {}", path, std::strerror(errno)));
+  }
+  if (!S_ISREG(st.st_mode)) throw InvalidArgument(fmt::format("token file '{}' is not a regular file", path));
+  if (st.st_uid != ::geteuid()) {
+    throw InvalidArgument(fmt::format("token file '{}' belongs to uid {}, not to this user (uid {})", path,
+                                      st.st_uid, ::geteuid()));
   }
   if (st.st_mode & (S_IRWXG | S_IRWXO)) {
     throw InvalidArgument(fmt::format("token file '{}' has mode {:o}: group and others must have no access "
                                       "(chmod 600 {})",
                                       path, st.st_mode & 0777, path));
   }
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  std::string token = ss.str();
+  std::string token;
+  char buf[4096];
+  for (;;) {
+    const ssize_t r = ::read(fd, buf, sizeof buf);
+    if (r > 0) {
+      token.append(buf, static_cast<size_t>(r));
+      if (token.size() > (size_t{1} << 20)) throw InvalidArgument(fmt::format("token file '{}' is too large", path));
+      continue;
+    }
+    if (r == 0) break;
+    if (errno == EINTR) continue;
+    throw InvalidArgument(fmt::format("token file '{}': read failed: {}", path, std::strerror(errno)));
+  }
   while (!token.empty() && (token.back() == '\n' || token.back() == '\r' || token.back() == ' ')) token.pop_back();
   if (token.empty()) throw InvalidArgument(fmt::format("token file '{}' is empty", path));
+  check_token(token, fmt::format("token file '{}'", path));
   return token;
+}
+
+}  // namespace
+
+std::optional<std::string> token_from_environment() {
+  if (const char* t = std::getenv(kTokenEnv); t && *t) {
+    check_token(t, std::string("$") + kTokenEnv);
+    return std::string(t);
+  }
+  const char* path = std::getenv(kTokenFileEnv);
+  if (!path || !*path) return std::nullopt;
+  return read_token_file(path);
+}
+
+std::string load_worker_token() {
+  if (auto token = token_from_environment()) return *token;
+  throw InvalidArgument(fmt::format("no token: set ${} or ${} (a file readable by its owner only)", kTokenEnv,
+                                    kTokenFileEnv));
 }
 
 }  // namespace cox::transport

@@ -50,9 +50,19 @@ inline void add(std::atomic<uint64_t>& counter, uint64_t n) {
 
 }  // namespace
 
-Channel::Channel(Socket socket, size_t max_frame, Handler* handler)
-    : socket_(std::move(socket)), max_frame_(max_frame), scanner_(max_frame), handler_(handler), in_(kReadChunk),
-      last_receive_(Clock::now().time_since_epoch().count()) {}
+Channel::Channel(Socket socket, size_t max_frame, Handler* handler, const SessionKeys* keys)
+    : socket_(std::move(socket)),
+      max_frame_(max_frame),
+      scanner_(max_frame, keys ? kTagBytes : 0),
+      handler_(handler),
+      trailer_(keys ? kTagBytes : 0),
+      in_(kReadChunk),
+      last_receive_(Clock::now().time_since_epoch().count()) {
+  if (keys) {
+    send_mac_ = std::make_unique<FrameMac>(keys->send, keys->send_seq);
+    recv_mac_ = std::make_unique<FrameMac>(keys->recv, keys->recv_seq);
+  }
+}
 
 Channel::~Channel() = default;
 
@@ -65,12 +75,33 @@ bool Channel::closed() const {
 
 // --- sending -----------------------------------------------------------------------
 
+void Channel::copy_frames(std::vector<uint8_t>& out, const uint8_t* data, size_t n) const {
+  if (trailer_) {
+    append_with_tag_room(out, data, n);
+  } else {
+    out.insert(out.end(), data, data + n);
+  }
+}
+
+void Channel::seal(Item& it) {
+  if (it.tail) {
+    if (!it.sealed) {
+      send_mac_->seal(it.bytes.data(), it.bytes.size(), it.tail, it.tail_len, it.tag.data());
+      it.sealed = it.bytes.size();
+    }
+  } else if (it.sealed < it.bytes.size()) {
+    send_mac_->seal_frames(it.bytes.data() + it.sealed, it.bytes.size() - it.sealed);
+    it.sealed = it.bytes.size();
+  }
+}
+
 void Channel::append_locked(const uint8_t* data, size_t n, bool ends_message) {
-  add(queued_, n);
   if (!data_.empty()) {
     Item& back = data_.back();
     if (!back.tail && back.ends_message && ends_message && back.bytes.size() + n <= kBatchBytes) {
-      back.bytes.insert(back.bytes.end(), data, data + n);
+      const size_t before = back.bytes.size();
+      copy_frames(back.bytes, data, n);
+      add(queued_, back.bytes.size() - before);
       return;
     }
   }
@@ -81,7 +112,8 @@ void Channel::append_locked(const uint8_t* data, size_t n, bool ends_message) {
     spare_.pop_back();
     it.bytes.clear();
   }
-  it.bytes.insert(it.bytes.end(), data, data + n);
+  copy_frames(it.bytes, data, n);
+  add(queued_, it.bytes.size());
   it.ends_message = ends_message;
   data_.push_back(std::move(it));
 }
@@ -99,9 +131,10 @@ bool Channel::enqueue_locked(const uint8_t* data, size_t n) {
         data, n, limit, [&](const uint8_t* p, size_t k) { append_locked(p, k, true); },
         [&](const std::array<uint8_t, wire::kFragmentOverhead>& head, const uint8_t* piece, size_t k, bool last) {
           Item it;
-          it.bytes.reserve(head.size() + k);
+          it.bytes.reserve(head.size() + k + trailer_);
           it.bytes.assign(head.begin(), head.end());
           it.bytes.insert(it.bytes.end(), piece, piece + k);
+          it.bytes.insert(it.bytes.end(), trailer_, uint8_t{0});  // room for the tag
           it.ends_message = last;  // no control frame between the pieces of one message
           add(queued_, it.bytes.size());
           data_.push_back(std::move(it));
@@ -138,12 +171,21 @@ uint64_t Channel::send_now(const uint8_t* data, size_t n) {
     return pos;
   }
   // Idle: write from this thread, holding the lock so that the I/O thread
-  // cannot start a write meanwhile.
+  // cannot start a write meanwhile (nor compute tags: these frames come
+  // next on the wire, so they are sealed here).
+  if (send_mac_) {
+    direct_.clear();
+    append_with_tag_room(direct_, data, n);
+    send_mac_->seal_frames(direct_.data(), direct_.size());
+    data = direct_.data();
+    n = direct_.size();
+  }
   const ssize_t w = send_some(socket_.native_handle(), data, n);
   add(queued_, n);
   const uint64_t pos = queued_.load(std::memory_order_relaxed);
   if (w == static_cast<ssize_t>(n)) {
     add(written_, n);
+    if (direct_.capacity() > kBatchBytes) std::vector<uint8_t>().swap(direct_);
     return pos;
   }
   // The rest (or all, after an error the I/O thread will report) goes first.
@@ -151,6 +193,7 @@ uint64_t Channel::send_now(const uint8_t* data, size_t n) {
   add(written_, done);
   Item it;
   it.bytes.assign(data + done, data + n);
+  it.sealed = it.bytes.size();  // (when authenticated: tagged above)
   data_.push_front(std::move(it));
   resume_first_ = done > 0;
   flush_posted_ = true;
@@ -167,6 +210,7 @@ uint64_t Channel::send_borrowed(const uint8_t* head, size_t head_len, const uint
   it.bytes.assign(head, head + head_len);
   it.tail = tail;
   it.tail_len = tail_len;
+  it.tag_len = trailer_;
   it.keep = std::move(keep);
   add(queued_, it.size());
   data_.push_back(std::move(it));
@@ -182,10 +226,10 @@ void Channel::send_control(const uint8_t* data, size_t n) {
   std::unique_lock<std::mutex> lk(mu_);
   if (closed_) return;
   if (!control_.empty()) {
-    control_.back().bytes.insert(control_.back().bytes.end(), data, data + n);
+    copy_frames(control_.back().bytes, data, n);
   } else {
     Item it;
-    it.bytes.assign(data, data + n);
+    copy_frames(it.bytes, data, n);
     control_.push_back(std::move(it));
   }
   const bool wake = needs_write_locked();
@@ -234,8 +278,14 @@ void Channel::write_out(std::unique_lock<std::mutex>& lk) {
   for (const Item& it : inflight_) {
     if (!it.bytes.empty()) buffers_.emplace_back(it.bytes.data(), it.bytes.size());
     if (it.tail_len) buffers_.emplace_back(it.tail, it.tail_len);
+    if (it.tag_len) buffers_.emplace_back(it.tag.data(), it.tag_len);
   }
   lk.unlock();
+  // The tags, in wire order, outside the lock: inflight_ is the writer's
+  // alone until on_written().
+  if (send_mac_) {
+    for (Item& it : inflight_) seal(it);
+  }
   asio::async_write(socket_, buffers_,
                     [self = shared_from_this()](const std::error_code& ec, size_t) { self->on_written(ec); });
 }
@@ -327,6 +377,7 @@ void Channel::on_read(const std::error_code& ec, size_t n) {
         in_.data(), in_len_,
         [&](const wire::FrameView& f) {
           if (failed_) return;
+          if (recv_mac_) recv_mac_->verify(f);
           if (auto whole = assembler_.feed(f)) handler_->on_frame(*whole);
         },
         &need);
@@ -363,11 +414,21 @@ bool Channel::read_chunk_direct() {
   if (uint64_t{frame_len} != wire::kChunkOverhead - wire::kFrameHeaderBytes + len) return false;
   uint8_t* dest = handler_->chunk_sink(type, id, offset, len);
   if (!dest) return false;
+  // What is here: the header, part of the data, perhaps part of the tag.
   const size_t have = in_len_ - wire::kChunkOverhead;
-  std::memcpy(dest, in_.data() + wire::kChunkOverhead, have);
+  const size_t have_data = static_cast<size_t>(std::min<uint64_t>(have, len));
+  const size_t have_tag = have - have_data;
+  std::memcpy(dest, in_.data() + wire::kChunkOverhead, have_data);
+  if (trailer_) {
+    std::memcpy(chunk_head_.data(), in_.data(), wire::kChunkOverhead);
+    std::memcpy(chunk_tag_.data(), in_.data() + wire::kChunkOverhead + have_data, have_tag);
+  }
   in_len_ = 0;
-  asio::async_read(socket_, asio::buffer(dest + have, static_cast<size_t>(len) - have),
-                   [self = shared_from_this(), type, id, offset, len](const std::error_code& ec, size_t) {
+  const std::array<asio::mutable_buffer, 2> rest{
+      asio::buffer(dest + have_data, static_cast<size_t>(len) - have_data),
+      asio::buffer(chunk_tag_.data() + have_tag, trailer_ - have_tag)};
+  asio::async_read(socket_, rest,
+                   [self = shared_from_this(), type, id, offset, len, dest](const std::error_code& ec, size_t) {
                      if (self->failed_) return;
                      if (ec) {
                        self->fail(ec == asio::error::eof ? std::string("connection closed by peer")
@@ -376,6 +437,11 @@ bool Channel::read_chunk_direct() {
                      }
                      self->last_receive_.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed);
                      try {
+                       // Nothing read straight into place is handed on unverified.
+                       if (self->recv_mac_) {
+                         self->recv_mac_->verify(self->chunk_head_.data(), wire::kChunkOverhead, dest,
+                                                 static_cast<size_t>(len), self->chunk_tag_.data());
+                       }
                        self->handler_->on_chunk(type, id, offset, len);
                        self->handler_->on_read_done();
                      } catch (const ProtocolError& e) {

@@ -15,16 +15,28 @@
 // few MiB, so a control frame waits for at most one slice, never for a
 // backlog.
 //
+// Authentication. Given session keys (attach mode, over TCP), every frame
+// written carries its tag (transport/session_mac.hpp), computed when the
+// frame is written out, in wire order (the control lane reorders frames),
+// by whichever thread writes: the I/O thread, or a send_now() that finds
+// the channel idle. Every frame read is verified before the handler sees
+// it; a chunk read straight into its destination is verified before
+// on_chunk(). A frame that fails closes the channel as a protocol error.
+// A borrowed frame stays borrowed: its tag is computed over the borrowed
+// bytes and travels in a small buffer of its own.
+//
 // Limits. No frame above the peer's limit is ever written: a larger message
 // is cut into wire::Fragment frames here, and tensor data is sent in chunks
 // by its callers (wire::chunk_bytes).
 #pragma once
 
+#include "transport/session_mac.hpp"
 #include "wire/messages.hpp"
 
 #include <asio/generic/stream_protocol.hpp>
 #include <asio/io_context.hpp>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -63,7 +75,8 @@ class Channel : public std::enable_shared_from_this<Channel> {
   };
 
   // `max_frame` bounds frames both ways (the session's max_frame_bytes).
-  Channel(Socket socket, size_t max_frame, Handler* handler);
+  // `keys`: the session's keys when it is authenticated, else nullptr.
+  Channel(Socket socket, size_t max_frame, Handler* handler, const SessionKeys* keys = nullptr);
   ~Channel();
 
   // I/O thread: starts reading.
@@ -128,19 +141,30 @@ class Channel : public std::enable_shared_from_this<Channel> {
 
  private:
   // Queued bytes: owned frames (many small ones batched together), or a
-  // frame whose tail is borrowed.
+  // frame whose tail is borrowed. In an authenticated session each owned
+  // frame is followed by room for its tag, and a borrowed frame's tag goes
+  // in `tag`.
   struct Item {
     std::vector<uint8_t> bytes;
     const uint8_t* tail = nullptr;
     size_t tail_len = 0;
     std::shared_ptr<const void> keep;
     bool ends_message = true;  // false inside a fragmented message: no control frame may follow it
-    size_t size() const noexcept { return bytes.size() + tail_len; }
+    size_t sealed = 0;         // authenticated: bytes of `bytes` whose frames carry their tags
+    size_t tag_len = 0;        // a borrowed frame's tag: 0, or kTagBytes
+    std::array<uint8_t, kTagBytes> tag;
+    size_t size() const noexcept { return bytes.size() + tail_len + tag_len; }
   };
 
   // With mu_ held: appends to the data lane; true when a write must be scheduled.
   bool enqueue_locked(const uint8_t* data, size_t n);
   void append_locked(const uint8_t* data, size_t n, bool ends_message);
+  // Copies the frames of [data, data+n) to `out`, with room for their tags
+  // in an authenticated session.
+  void copy_frames(std::vector<uint8_t>& out, const uint8_t* data, size_t n) const;
+  // The writer (the I/O thread in write_out, or send_now with the channel
+  // idle): computes the tags of the item's frames not yet sealed.
+  void seal(Item& it);
   bool needs_write_locked() const noexcept { return !writing_ && !flush_posted_; }
   void schedule_write();
   void write_out(std::unique_lock<std::mutex>& lk);
@@ -156,6 +180,10 @@ class Channel : public std::enable_shared_from_this<Channel> {
   const size_t max_frame_;
   wire::FrameScanner scanner_;
   Handler* handler_;
+  // Authenticated sessions only. send_mac_: the writer's (see seal());
+  // recv_mac_: the I/O thread's.
+  std::unique_ptr<FrameMac> send_mac_, recv_mac_;
+  const size_t trailer_;  // kTagBytes when authenticated, else 0
 
   // Read side (I/O thread only).
   std::vector<uint8_t> in_;
@@ -163,6 +191,10 @@ class Channel : public std::enable_shared_from_this<Channel> {
   wire::Assembler assembler_;
   bool failed_ = false;
   std::atomic<std::chrono::steady_clock::rep> last_receive_;
+  // A chunk being read straight into its destination: its first bytes and
+  // its tag, for verification before on_chunk().
+  std::array<uint8_t, wire::kChunkOverhead> chunk_head_{};
+  std::array<uint8_t, kTagBytes> chunk_tag_{};
 
   // Write side.
   mutable std::mutex mu_;
@@ -172,6 +204,7 @@ class Channel : public std::enable_shared_from_this<Channel> {
   std::vector<Item> inflight_;        // being written (I/O thread, or the direct writer)
   std::vector<asio::const_buffer> buffers_;
   std::vector<std::vector<uint8_t>> spare_;  // under mu_: written batches' buffers, for reuse
+  std::vector<uint8_t> direct_;              // under mu_: send_now's frames with their tags
   size_t inflight_data_ = 0;          // data bytes of inflight_
   bool resume_first_ = false;         // data_.front() is the rest of a partly written frame
   bool writing_ = false;              // under mu_: a write of inflight_ is in progress

@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
 #include <cstring>
 
@@ -66,6 +67,10 @@ std::vector<uint8_t> ControllerHandshake::welcome(const wire::HelloReply& reply,
   return wire::encode_frame(w);
 }
 
+SessionKeys ControllerHandshake::session_keys(const wire::HelloReply& reply) const {
+  return derive_session_keys(token_, nonce_, reply.nonce, reply.rank, Side::kController);
+}
+
 std::vector<uint8_t> ControllerHandshake::reject(const std::string& reason) {
   // A reject must fit a handshake frame.
   return wire::encode_frame(wire::Reject{reason.substr(0, wire::kMaxHandshakeFrame / 2)});
@@ -81,6 +86,7 @@ std::vector<uint8_t> WorkerHandshake::on_hello(const wire::FrameView& f) {
     throw Error(fmt::format("the controller speaks protocol version {}, this worker speaks {}", hello.version,
                             wire::kProtocolVersion));
   }
+  controller_nonce_ = hello.nonce;
   wire::HelloReply reply;
   reply.rank = rank_;
   nonce_ = random_nonce();
@@ -103,6 +109,10 @@ wire::Welcome WorkerHandshake::on_welcome(const wire::FrameView& f) const {
     throw ProtocolError(fmt::format("handshake: frame limit {} outside [{}, 2^32-1]", w.max_frame, wire::kMinMaxFrame));
   }
   return w;
+}
+
+SessionKeys WorkerHandshake::session_keys() const {
+  return derive_session_keys(token_, controller_nonce_, nonce_, rank_, Side::kWorker);
 }
 
 namespace {
@@ -162,13 +172,27 @@ wire::FrameView read_frame(int fd, std::vector<uint8_t>& buf, Clock::time_point 
 
 }  // namespace
 
-wire::Welcome handshake_as_worker(int fd, const std::string& token, int32_t rank, const std::string& device,
+WorkerSession handshake_as_worker(int fd, const std::string& token, int32_t rank, const std::string& device,
                                   std::chrono::milliseconds timeout) {
   const auto deadline = Clock::now() + timeout;
   WorkerHandshake hs(token, rank, device);
   std::vector<uint8_t> buf;
   write_all(fd, hs.on_hello(read_frame(fd, buf, deadline, "hello")), deadline);
-  return hs.on_welcome(read_frame(fd, buf, deadline, "welcome"));
+  const wire::FrameView f = read_frame(fd, buf, deadline, "welcome");
+  const bool authenticated = session_authenticated(fd) && f.type == wire::MsgType::kWelcome;
+  std::array<uint8_t, kTagBytes> tag{};
+  if (authenticated) read_exact(fd, tag.data(), tag.size(), deadline, "the welcome's tag");
+  WorkerSession s;
+  s.welcome = hs.on_welcome(f);  // a Reject, or a failed proof, throws here
+  if (authenticated) {
+    SessionKeys keys = hs.session_keys();
+    FrameMac mac(keys.recv, 0);
+    uint32_t len = static_cast<uint32_t>(buf.size());
+    mac.verify(reinterpret_cast<const uint8_t*>(&len), sizeof len, buf.data(), buf.size(), tag.data());
+    keys.recv_seq = mac.seq();
+    s.keys = keys;
+  }
+  return s;
 }
 
 }  // namespace cox::transport

@@ -7,6 +7,11 @@
 //                                     session parameters
 //                          (or Reject, with the reason)
 //
+// Over TCP (attach mode) the session is authenticated from the Welcome on:
+// it is the controller's first tagged frame, and every frame after it in
+// both directions carries a tag (transport/session_mac.hpp) keyed by the
+// token and both challenges.
+//
 // ControllerHandshake and WorkerHandshake are the protocol without I/O: they
 // build and check frames. The controller drives its side from its I/O thread
 // (controller/acceptor.cpp); workers, and tests that play a worker, drive
@@ -14,9 +19,11 @@
 // deadline.
 #pragma once
 
+#include "transport/session_mac.hpp"
 #include "wire/messages.hpp"
 
 #include <chrono>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -47,6 +54,8 @@ class ControllerHandshake {
   // The Welcome for an accepted worker.
   std::vector<uint8_t> welcome(const wire::HelloReply& reply, const Session& s) const;
   static std::vector<uint8_t> reject(const std::string& reason);
+  // The controller's session keys with an accepted worker.
+  SessionKeys session_keys(const wire::HelloReply& reply) const;
 
  private:
   std::string token_;
@@ -63,17 +72,27 @@ class WorkerHandshake {
   // The session, once the controller has proved the token; throws cox::Error
   // for a Reject or a failed proof.
   wire::Welcome on_welcome(const wire::FrameView& f) const;
+  // The worker's session keys (after on_hello).
+  SessionKeys session_keys() const;
 
  private:
   std::string token_;
   int32_t rank_;
   std::string device_;
   wire::Nonce nonce_{};
+  wire::Nonce controller_nonce_{};
+};
+
+struct WorkerSession {
+  wire::Welcome welcome;
+  // Set when the session is authenticated (session_authenticated(fd)); the
+  // Welcome's tag has been checked, so recv_seq is 1.
+  std::optional<SessionKeys> keys;
 };
 
 // The worker's side over a connected, blocking socket, within `timeout`.
 // Throws cox::Timeout, cox::ProtocolError or cox::Error.
-wire::Welcome handshake_as_worker(int fd, const std::string& token, int32_t rank, const std::string& device,
+WorkerSession handshake_as_worker(int fd, const std::string& token, int32_t rank, const std::string& device,
                                   std::chrono::milliseconds timeout);
 
 }  // namespace cox::transport

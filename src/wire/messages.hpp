@@ -4,7 +4,10 @@
 // A frame is a u32 little-endian length, then that many bytes: a u8 message
 // type and the message's fields (wire/codec.hpp). Several frames travel
 // back to back in one write; each side scans whole frames out of what it
-// reads, rejecting a bad length or type before looking at any payload.
+// reads, rejecting a bad length or type before looking at any payload. In
+// an authenticated session (attach mode, over TCP) every frame after the
+// handshake is followed by a 16-byte tag outside its length
+// (transport/session_mac.hpp); the messages themselves do not change.
 //
 // Every message is declared once: a struct whose static visit() names its
 // fields, and one line in COX_WIRE_MESSAGES (its type number, who receives
@@ -31,6 +34,9 @@
 namespace cox::wire {
 
 constexpr uint32_t kMagic = 0x53584f43;  // "COXS"
+// 4: frames of an authenticated (TCP) session carry a 16-byte tag after
+// them; PeerLost; heartbeats carry the executor's progress; CommInit the
+// members' hosts.
 constexpr uint16_t kProtocolVersion = 4;
 constexpr size_t kFrameHeaderBytes = 4;
 // Frames before authentication are tiny; a peer that announces more is refused.
@@ -647,9 +653,14 @@ void dispatch(const FrameView& f, H&& h) {
 }
 
 // Finds whole frames at the front of a byte range.
+//
+// `trailer`: bytes that follow each frame outside its length (the tag of an
+// authenticated session, transport/session_mac.hpp; 0 otherwise). A frame is
+// whole only with its trailer; the FrameView excludes it, and the trailer
+// begins at payload + size.
 class FrameScanner {
  public:
-  explicit FrameScanner(size_t max_frame) : max_frame_(max_frame) {}
+  explicit FrameScanner(size_t max_frame, size_t trailer = 0) : max_frame_(max_frame), trailer_(trailer) {}
 
   // Calls f(FrameView) for each complete frame at the start of [data,
   // data+n) and returns the number of bytes they span. Throws ProtocolError
@@ -663,33 +674,34 @@ class FrameScanner {
       uint32_t len;
       std::memcpy(&len, data + at, sizeof len);
       check_header(len, data, n, at);
-      if (n - at - kFrameHeaderBytes < len) {
-        if (need) *need = kFrameHeaderBytes + len;
+      if (n - at - kFrameHeaderBytes < size_t{len} + trailer_) {
+        if (need) *need = kFrameHeaderBytes + len + trailer_;
         break;
       }
       const uint8_t type = data[at + kFrameHeaderBytes];
       f(FrameView{static_cast<MsgType>(type), data + at + kFrameHeaderBytes + 1, len - 1});
-      at += kFrameHeaderBytes + len;
+      at += kFrameHeaderBytes + len + trailer_;
     }
     return at;
   }
   // The first frame of [data, data+n): sets *frame and returns its size in
-  // bytes when it is whole; otherwise returns 0 and sets *need to the size
-  // of the whole frame, when its header is there (else 0).
+  // bytes (trailer included) when it is whole; otherwise returns 0 and sets
+  // *need to the size of the whole frame, when its header is there (else 0).
   size_t scan_one(const uint8_t* data, size_t n, std::optional<FrameView>* frame, size_t* need) const {
     *need = 0;
     if (n < kFrameHeaderBytes) return 0;
     uint32_t len;
     std::memcpy(&len, data, sizeof len);
     check_header(len, data, n, 0);
-    if (n - kFrameHeaderBytes < len) {
-      *need = kFrameHeaderBytes + len;
+    if (n - kFrameHeaderBytes < size_t{len} + trailer_) {
+      *need = kFrameHeaderBytes + len + trailer_;
       return 0;
     }
     frame->emplace(FrameView{static_cast<MsgType>(data[kFrameHeaderBytes]), data + kFrameHeaderBytes + 1, len - 1});
-    return kFrameHeaderBytes + len;
+    return kFrameHeaderBytes + len + trailer_;
   }
   size_t max_frame() const noexcept { return max_frame_; }
+  size_t trailer() const noexcept { return trailer_; }
 
  private:
   void check_header(uint32_t len, const uint8_t* data, size_t n, size_t at) const {
@@ -700,6 +712,7 @@ class FrameScanner {
   [[noreturn]] void bad_header(uint32_t len, const uint8_t* data, size_t n, size_t at) const;
 
   size_t max_frame_;
+  size_t trailer_;
 };
 
 // --- messages larger than a frame -------------------------------------------------------

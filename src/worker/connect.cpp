@@ -108,7 +108,9 @@ Session connect_and_handshake(const WorkerOptions& o, const std::string& token, 
   Session s;
   s.fd = fd;
   try {
-    s.welcome = transport::handshake_as_worker(fd, token, o.rank, device, o.handshake_timeout);
+    auto joined = transport::handshake_as_worker(fd, token, o.rank, device, o.handshake_timeout);
+    s.welcome = joined.welcome;
+    s.keys = joined.keys;
   } catch (...) {
     ::close(fd);
     throw;

@@ -3,9 +3,11 @@
 // Runs on the worker's main thread before anything else starts.
 #pragma once
 
+#include "transport/session_mac.hpp"
 #include "wire/messages.hpp"
 #include "worker/worker.hpp"
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -14,6 +16,9 @@ namespace cox::worker {
 struct Session {
   int fd = -1;  // connected, authenticated, blocking
   wire::Welcome welcome;
+  // Over TCP: the keys that tag every frame from here on (the Welcome's
+  // tag already checked); none over a local Unix socket.
+  std::optional<transport::SessionKeys> keys;
 };
 
 // Throws cox::Timeout when the controller cannot be reached in time, and

@@ -20,8 +20,9 @@ void usage(std::FILE* f) {
                "                  [--connect-timeout-ms MS]\n"
                "The device defaults to $COX_DEVICE, else GPU ($LOCAL_RANK or R) modulo the visible GPUs where\n"
                "libtorch has CUDA, else the CPU.\n"
-               "The token comes from $COX_TOKEN, or from the file named by $COX_TOKEN_FILE (mode 0600),\n"
-               "never from the command line.\n");
+               "The token (at least 16 bytes) comes from $COX_TOKEN, or from the file named by $COX_TOKEN_FILE\n"
+               "(a regular file of this user, mode 0600, not a symbolic link), never from the command line.\n"
+               "Over TCP every frame after the handshake is authenticated with keys derived from the token.\n");
 }
 
 bool parse_int(const char* s, long long& out) {

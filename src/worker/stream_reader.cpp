@@ -5,6 +5,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstring>
 #include <string>
@@ -16,7 +18,25 @@ namespace {
 constexpr size_t kDirectChunk = 64 * 1024;
 }  // namespace
 
-StreamReader::StreamReader(int fd, size_t max_frame) : fd_(fd), scanner_(max_frame), buf_(256 * 1024) {}
+StreamReader::StreamReader(int fd, size_t max_frame, const transport::SessionKeys* keys)
+    : fd_(fd),
+      scanner_(max_frame, keys ? transport::kTagBytes : 0),
+      buf_(256 * 1024),
+      trailer_(keys ? transport::kTagBytes : 0) {
+  if (keys) mac_ = std::make_unique<transport::FrameMac>(keys->recv, keys->recv_seq);
+}
+
+std::optional<wire::FrameView> StreamReader::take_frame(size_t* need) {
+  std::optional<wire::FrameView> frame;
+  const size_t used = scanner_.scan_one(buf_.data() + pos_, have_ - pos_, &frame, need);
+  if (!frame) return std::nullopt;
+  if (mac_ && pos_ + used > verified_) {
+    mac_->verify(*frame);  // throws ProtocolError: nothing unverified gets past
+    verified_ = pos_ + used;
+  }
+  pos_ += used;
+  return frame;
+}
 
 std::optional<wire::FrameView> StreamReader::next() {
   std::lock_guard<std::mutex> lk(mu_);
@@ -34,11 +54,8 @@ std::optional<wire::FrameView> StreamReader::next_locked() {
 
 std::optional<wire::FrameView> StreamReader::next_from_socket() {
   for (;;) {
-    std::optional<wire::FrameView> frame;
     size_t need = 0;
-    const size_t used = scanner_.scan_one(buf_.data() + pos_, have_ - pos_, &frame, &need);
-    if (frame) {
-      pos_ += used;
+    if (auto frame = take_frame(&need)) {
       if (auto whole = assembler_.feed(*frame)) return whole;
       continue;  // a fragment: read on
     }
@@ -47,9 +64,11 @@ std::optional<wire::FrameView> StreamReader::next_from_socket() {
     if (pos_ > 0) {
       std::memmove(buf_.data(), buf_.data() + pos_, have_ - pos_);
       have_ -= pos_;
+      verified_ = verified_ > pos_ ? verified_ - pos_ : 0;
       pos_ = 0;
     }
-    if (need >= kDirectChunk && sink_ && !waiting_ && stash_.empty() && assembler_.idle()) {
+    // (Not a chunk drain() has verified already: that one is taken whole.)
+    if (need >= kDirectChunk && sink_ && !waiting_ && stash_.empty() && assembler_.idle() && verified_ == 0) {
       if (read_chunk_direct(need)) continue;
     }
     if (need > buf_.size()) buf_.resize(need);
@@ -67,15 +86,24 @@ bool StreamReader::read_chunk_direct(size_t need) {
   std::memcpy(&offset, h + 13, 8);
   std::memcpy(&len, h + 21, 8);
   // A chunk whose lengths disagree goes the usual way, to be refused there.
-  if (need != wire::kChunkOverhead + len) return false;
+  if (len > need || need != wire::kChunkOverhead + len + trailer_) return false;
   uint8_t* dest = sink_->chunk_sink(id, offset, len);
   if (!dest) return false;
+  // What is here: the header, part of the data, perhaps part of the tag.
   const size_t got = have - wire::kChunkOverhead;
-  std::memcpy(dest, h + wire::kChunkOverhead, got);
-  pos_ = have_ = 0;
-  if (!read_into(dest + got, static_cast<size_t>(len) - got, true)) {
+  const size_t got_data = static_cast<size_t>(std::min<uint64_t>(got, len));
+  std::array<uint8_t, wire::kChunkOverhead> head;
+  std::array<uint8_t, transport::kTagBytes> tag{};
+  std::memcpy(head.data(), h, head.size());
+  std::memcpy(dest, h + wire::kChunkOverhead, got_data);
+  std::memcpy(tag.data(), h + wire::kChunkOverhead + got_data, got - got_data);
+  pos_ = have_ = verified_ = 0;
+  if (!read_into(dest + got_data, static_cast<size_t>(len) - got_data, true) ||
+      !read_into(tag.data() + (got - got_data), trailer_ - (got - got_data), true)) {
     throw Error("the controller closed the connection in the middle of a tensor");
   }
+  // Into the tensor, but not handed on, before the tag checks out.
+  if (mac_) mac_->verify(head.data(), head.size(), dest, static_cast<size_t>(len), tag.data());
   sink_->on_chunk(id, offset, len);
   return true;
 }
@@ -155,21 +183,41 @@ void StreamReader::drain(wire::MsgType type, const std::function<void(const wire
   behind_.store(behind, std::memory_order_relaxed);
   // Walk the whole frames waiting: those in buf_ from pos_ (a frame
   // boundary whenever the executor is not reading), then those in side_.
+  // In an authenticated session each is verified first, in order (the
+  // executor's verify skips them then): nothing unverified is acted on.
   const size_t in_buf = have_ - pos_;
   const size_t total = in_buf + (side_.size() - side_pos_);
   auto byte_at = [&](size_t i) { return i < in_buf ? buf_[pos_ + i] : side_[side_pos_ + (i - in_buf)]; };
+  // [at, at+n) as at most two pieces: in buf_, then in side_.
+  auto pieces = [&](size_t at, size_t n, const uint8_t** a, size_t* an, const uint8_t** b, size_t* bn) {
+    *an = at < in_buf ? std::min(n, in_buf - at) : 0;
+    *a = *an ? buf_.data() + pos_ + at : nullptr;
+    *bn = n - *an;
+    *b = *bn ? side_.data() + side_pos_ + (at + *an - in_buf) : nullptr;
+  };
   std::vector<uint8_t> frame;
   size_t at = 0;
   while (total - at >= wire::kFrameHeaderBytes + 1) {
     uint32_t len = 0;
     for (size_t k = 0; k < 4; ++k) len |= uint32_t{byte_at(at + k)} << (8 * k);
-    if (len == 0 || total - at - wire::kFrameHeaderBytes < len) break;  // partial (a bad one is the executor's to refuse)
+    // Partial (a bad header is the executor's to refuse).
+    if (len == 0 || total - at - wire::kFrameHeaderBytes < size_t{len} + trailer_) break;
+    const size_t end = at + wire::kFrameHeaderBytes + len + trailer_;
+    if (mac_ && pos_ + end > verified_) {
+      const uint8_t *a, *b;
+      size_t an, bn;
+      pieces(at, wire::kFrameHeaderBytes + len, &a, &an, &b, &bn);
+      std::array<uint8_t, transport::kTagBytes> tag;
+      for (size_t k = 0; k < tag.size(); ++k) tag[k] = byte_at(at + wire::kFrameHeaderBytes + len + k);
+      mac_->verify(a, an, b, bn, tag.data());  // throws ProtocolError
+      verified_ = pos_ + end;
+    }
     if (static_cast<wire::MsgType>(byte_at(at + wire::kFrameHeaderBytes)) == type && len <= wire::kMinMaxFrame) {
       frame.resize(len - 1);
       for (size_t k = 0; k + 1 < len; ++k) frame[k] = byte_at(at + wire::kFrameHeaderBytes + 1 + k);
       on_frame(wire::FrameView{type, frame.data(), frame.size()});
     }
-    at += wire::kFrameHeaderBytes + len;
+    at = end;
   }
 }
 

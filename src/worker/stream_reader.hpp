@@ -13,14 +13,22 @@
 // rendezvous while a communicator is set up): wait_for() reads on, setting
 // aside the frames that arrive meanwhile; next() hands those out first, in
 // order.
+//
+// In an authenticated session (over TCP) every frame is verified against
+// its tag (transport/session_mac.hpp) in take_frame(), the one routine that
+// takes a complete frame out of the buffer, before anything looks at it; a
+// large chunk read straight into its tensor is verified before on_chunk().
+// A frame that fails is a cox::ProtocolError: the worker stops.
 #pragma once
 
+#include "transport/session_mac.hpp"
 #include "wire/messages.hpp"
 
 #include <atomic>
 #include <chrono>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <vector>
@@ -40,7 +48,9 @@ class StreamReader {
     virtual void on_chunk(uint64_t id, uint64_t offset, uint64_t len) = 0;  // the bytes are in
   };
 
-  StreamReader(int fd, size_t max_frame);
+  // `keys`: the session's, when it is authenticated (their recv side and
+  // recv_seq are used); nullptr otherwise.
+  StreamReader(int fd, size_t max_frame, const transport::SessionKeys* keys = nullptr);
   void set_chunk_sink(ChunkSink* sink) noexcept { sink_ = sink; }
 
   // The next frame, or nullopt when the controller closed the stream. The
@@ -82,7 +92,8 @@ class StreamReader {
   // calls `on_frame` for every whole frame of type `type` (a small one) not
   // yet handed to the executor; a later drain may show it again, and the
   // executor still gets every frame, in order. Does nothing while the
-  // executor itself reads.
+  // executor itself reads. In an authenticated session, throws
+  // ProtocolError for a frame whose tag does not check out.
   void drain(wire::MsgType type, const std::function<void(const wire::FrameView&)>& on_frame);
   static constexpr size_t kDrainLimit = size_t{64} << 20;
   // Whether the last drain stopped at kDrainLimit: the stream is not silent,
@@ -99,6 +110,10 @@ class StreamReader {
  private:
   std::optional<wire::FrameView> next_locked();
   std::optional<wire::FrameView> next_from_socket();
+  // The one place a complete frame leaves the buffer: the frame at pos_,
+  // verified (once: frames below verified_ already were) and stepped past.
+  // nullopt when it is not whole yet (*need: its whole size, when known).
+  std::optional<wire::FrameView> take_frame(size_t* need);
   // Reads into [p, p+n) (the buffer's free space, or a sink); false at the
   // end of the stream. `all`: until n bytes are in.
   bool read_into(uint8_t* p, size_t n, bool all);
@@ -115,6 +130,13 @@ class StreamReader {
   std::vector<uint8_t> buf_;
   size_t pos_ = 0;   // start of the first frame not yet handed out
   size_t have_ = 0;  // bytes in buf_
+  // Authenticated sessions: the tags' checker, and the end of the frames
+  // already verified (>= pos_ once a frame is taken), as an offset into
+  // buf_[0, have_) followed by side_'s bytes (drain() verifies what it
+  // looks at, in order, so it may lie beyond have_).
+  std::unique_ptr<transport::FrameMac> mac_;
+  size_t verified_ = 0;
+  const size_t trailer_;  // transport::kTagBytes when authenticated, else 0
   std::deque<std::vector<uint8_t>> stash_;  // type byte + payload
   std::vector<uint8_t> current_;
   // Held by the executor while it reads and parses, by drain() while it

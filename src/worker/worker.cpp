@@ -95,6 +95,10 @@ int run_worker(const WorkerOptions& o) {
   COX_CHECK_ARG(device.is_cpu() || device.is_cuda(), "device '{}' is neither cpu, cuda nor cuda:N", device_name);
 
   Session s = connect_and_handshake(o, token, device.str());
+  if (!s.keys && o.connect.rfind("unix:", 0) != 0) {
+    std::fprintf(stderr, "cox-worker %d: warning: $%s is set: frames from the controller are not authenticated\n",
+                 o.rank, transport::kBenchmarkUntaggedEnv);
+  }
   const milliseconds hb_interval(s.welcome.heartbeat_interval_ms);
   const milliseconds hb_timeout(s.welcome.heartbeat_timeout_ms);
 
@@ -106,8 +110,9 @@ int run_worker(const WorkerOptions& o) {
   socket.assign(asio::generic::stream_protocol(ss.ss_family, ss.ss_family == AF_UNIX ? 0 : IPPROTO_TCP), s.fd);
 
   WriteSide write_side(o.rank);
-  auto channel = std::make_shared<transport::Channel>(std::move(socket), s.welcome.max_frame, &write_side);
-  StreamReader reader(s.fd, s.welcome.max_frame);
+  const transport::SessionKeys* keys = s.keys ? &*s.keys : nullptr;
+  auto channel = std::make_shared<transport::Channel>(std::move(socket), s.welcome.max_frame, &write_side, keys);
+  StreamReader reader(s.fd, s.welcome.max_frame, keys);
   Outbox outbox(*channel, hb_timeout);
 
   // On the I/O thread, so that a long operation on the executor changes
@@ -131,13 +136,17 @@ int run_worker(const WorkerOptions& o) {
       }
       Executor* exec = exec_ptr.load(std::memory_order_acquire);
       if (exec) {
-        reader.drain(wire::MsgType::kPeerLost, [&](const wire::FrameView& f) {
-          try {
-            exec->peer_lost(wire::decode<wire::PeerLost>(f));
-          } catch (const ProtocolError&) {
-            // A malformed notice is the executor's to refuse, in order.
-          }
-        });
+        try {
+          reader.drain(wire::MsgType::kPeerLost, [&](const wire::FrameView& f) {
+            try {
+              exec->peer_lost(wire::decode<wire::PeerLost>(f));
+            } catch (const ProtocolError&) {
+              // A malformed notice is the executor's to refuse, in order.
+            }
+          });
+        } catch (const ProtocolError& e) {
+          die(o.rank, std::string("protocol error in the controller's stream: ") + e.what());
+        }
       }
       const auto now = Clock::now();
       const auto silent = std::chrono::duration_cast<milliseconds>(now - reader.last_receive());

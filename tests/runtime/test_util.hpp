@@ -4,6 +4,8 @@
 #include <cox/controller.hpp>
 
 #include "controller/controller_impl.hpp"
+#include "transport/handshake.hpp"
+#include "transport/session_mac.hpp"
 #include "wire/messages.hpp"
 
 #include <signal.h>
@@ -11,6 +13,8 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <memory>
+#include <optional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -198,19 +202,39 @@ inline int tcp_connect(uint16_t port) {
   return fd;
 }
 
+// A hand-made worker's connection: the socket, and over TCP the session's
+// keys, so that it can tag what it sends as a real worker does.
+struct FakeWorker {
+  int fd = -1;
+  std::optional<transport::SessionKeys> keys;
+  std::unique_ptr<transport::FrameMac> send_mac;
+
+  // `frames` (whole frames) each followed by its tag, the next ones in
+  // this session's order.
+  std::vector<uint8_t> sealed(const std::vector<uint8_t>& frames) {
+    std::vector<uint8_t> out;
+    transport::append_with_tag_room(out, frames.data(), frames.size());
+    send_mac->seal_frames(out.data(), out.size());
+    return out;
+  }
+};
+
 // A hand-made worker: completes the handshake (transport/handshake) with
-// `token` as `rank`. Returns the connected fd, or -1 if the controller
-// refused.
-inline int fake_worker(uint16_t port, const std::string& token, int rank) {
+// `token` as `rank`. fd is -1 if the controller refused.
+inline FakeWorker fake_worker(uint16_t port, const std::string& token, int rank) {
+  FakeWorker w;
   int fd = tcp_connect(port);
-  if (fd < 0) return -1;
+  if (fd < 0) return w;
   try {
-    transport::handshake_as_worker(fd, token, rank, "cpu", 5000ms);
+    auto session = transport::handshake_as_worker(fd, token, rank, "cpu", 5000ms);
+    w.keys = session.keys;
+    if (w.keys) w.send_mac = std::make_unique<transport::FrameMac>(w.keys->send, w.keys->send_seq);
   } catch (const std::exception&) {
     ::close(fd);
-    return -1;
+    return w;
   }
-  return fd;
+  w.fd = fd;
+  return w;
 }
 
 }  // namespace cox::test
