@@ -148,7 +148,9 @@ int run_worker(const WorkerOptions& o) {
   ops_detail::ensure_registered();  // Coxswain's own ops (fused optimizers)
   std::optional<Executor> exec_holder;
   try {
-    exec_holder.emplace(o.rank, device, outbox, reader, gloo_hostname(s.fd));
+    Tensors::Hooks hooks;
+    hooks.gloo_hostname = gloo_hostname(s.fd);
+    exec_holder.emplace(o.rank, device, outbox, reader, std::move(hooks));
   } catch (const std::exception& e) {
     die(o.rank, std::string("cannot use device ") + device.str() + ": " + e.what());
   }
