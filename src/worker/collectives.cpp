@@ -158,6 +158,10 @@ std::optional<std::string> Tensors::collective(const wire::Collective& m) {
     throw ProtocolError(fmt::format("{}: unknown reduce op {}", name, static_cast<unsigned>(m.reduce)));
   }
   if (m.kind != CollectiveKind::kBarrier && !m.in) throw ProtocolError(fmt::format("{} without an input", name));
+  if (m.in && !comm_type(dtype)) {
+    // The controller rejects these; a worker still must not leave its peers waiting.
+    throw ProtocolError(fmt::format("{} of a {} tensor", name, c10::toString(dtype)));
+  }
   bounded_bytes(m.sizes, dtype, name);
   if (m.comm == 0) {
     // A group of one: the result is a copy of the input.
@@ -254,10 +258,6 @@ std::optional<std::string> Tensors::collective(const wire::Collective& m) {
     }
   }
   const auto type = comm_type(dtype);
-  if (m.in && !type) {
-    // The controller rejects these; a worker still must not leave its peers waiting.
-    throw ProtocolError(fmt::format("{} of a {} tensor", name, c10::toString(dtype)));
-  }
   collectives::Communicator& comm = *c.comm;
   const int64_t n = comm.size();
   const auto reduce = static_cast<ReduceOp>(m.reduce);

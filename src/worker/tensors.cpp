@@ -274,6 +274,12 @@ std::optional<std::string> Tensors::run_op(const wire::Op& m) {
   if (!op.handle) {
     return fail_all(std::make_shared<Failure>(Failure{op.name, "this worker's libtorch has no such op"}));
   }
+  // The boxed call reads its arguments from the end of the stack without
+  // counting them: too few would make it read before the stack's start.
+  if (const size_t want = op.handle->schema().arguments().size(); stack.size() != want) {
+    return fail_all(std::make_shared<Failure>(
+        Failure{op.name, fmt::format("{} arguments where this worker's libtorch expects {}", stack.size(), want)}));
+  }
   try {
     op.handle->callBoxed(stack);
   } catch (const std::exception& e) {

@@ -41,24 +41,24 @@ class Loopback final : public collectives::Communicator {
 
   void all_reduce(const void* in, void* out, size_t count, DataType t, collectives::ReduceOp op) override {
     if (static_cast<uint8_t>(op) > collectives::kMaxReduceOp) bug("all_reduce with an unknown reduce op");
-    std::memmove(out, in, bytes(count, t));
+    move(out, in, bytes(count, t));
   }
   void reduce_scatter(const void* in, void* out, size_t count, DataType t, collectives::ReduceOp op) override {
     if (static_cast<uint8_t>(op) > collectives::kMaxReduceOp) bug("reduce_scatter with an unknown reduce op");
     const size_t b = bytes(count, t);
     read(in, b * static_cast<size_t>(size_));
-    std::memmove(out, static_cast<const uint8_t*>(in) + b * static_cast<size_t>(rank_), b);
+    move(out, static_cast<const uint8_t*>(in) + b * static_cast<size_t>(rank_), b);
   }
   void all_gather(const void* in, void* out, size_t count, DataType t) override {
     const size_t b = bytes(count, t);
-    for (int i = 0; i < size_; ++i) std::memmove(static_cast<uint8_t*>(out) + b * static_cast<size_t>(i), in, b);
+    for (int i = 0; i < size_; ++i) move(static_cast<uint8_t*>(out) + b * static_cast<size_t>(i), in, b);
   }
   void all_to_all(const void* in, void* out, size_t count, DataType t) override {
-    std::memmove(out, in, bytes(count, t) * static_cast<size_t>(size_));
+    move(out, in, bytes(count, t) * static_cast<size_t>(size_));
   }
   void broadcast(const void* in, void* out, size_t count, DataType t, int root) override {
     if (root < 0 || root >= size_) bug("broadcast from root " + std::to_string(root) + " of " + std::to_string(size_));
-    std::memmove(out, in, bytes(count, t));
+    move(out, in, bytes(count, t));
   }
   void barrier() override {}
 
@@ -74,11 +74,11 @@ class Loopback final : public collectives::Communicator {
   // What was sent with this tag (this rank plays every peer), else zeros.
   std::unique_ptr<Transfer> start_recv(void* data, size_t n, int peer, uint64_t tag) override {
     check_peer(peer);
-    std::memset(data, 0, n);
+    if (n) std::memset(data, 0, n);
     auto it = sent_.find(tag);
     if (it != sent_.end() && !it->second.empty()) {
       const auto& b = it->second.front();
-      std::memcpy(data, b.data(), std::min(n, b.size()));
+      move(data, b.data(), std::min(n, b.size()));
       it->second.pop_front();
     }
     return std::make_unique<Done>();
@@ -93,6 +93,10 @@ class Loopback final : public collectives::Communicator {
   }
 
  private:
+  // An empty tensor's data pointer may be null: nothing to move then.
+  static void move(void* out, const void* in, size_t n) {
+    if (n) std::memmove(out, in, n);
+  }
   static size_t bytes(size_t count, DataType t) {
     const size_t b = count * collectives::element_size(t);
     if (b > (size_t{64} << 20)) bug("a collective of " + std::to_string(b) + " bytes");
@@ -101,7 +105,7 @@ class Loopback final : public collectives::Communicator {
   static void read(const void* p, size_t n) {
     static std::vector<uint8_t> scratch;
     scratch.resize(n);
-    std::memcpy(scratch.data(), p, n);
+    move(scratch.data(), p, n);
   }
   void check_peer(int peer) const {
     if (peer < 0 || peer >= size_) bug("a transfer with peer " + std::to_string(peer) + " of " + std::to_string(size_));
