@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <limits>
 
 namespace cox {
 
@@ -72,6 +73,24 @@ struct Controller::Impl::Inbound {
         throw ProtocolError(fmt::format("fetch reply from worker {}: unknown dtype {}", w.rank, m.meta.dtype));
       }
       const auto dtype = static_cast<at::ScalarType>(m.meta.dtype);
+      // The size the metadata implies, checked before it allocates anything.
+      uint64_t expect = 0;
+      bool bad = dtype == at::ScalarType::Undefined;
+      if (!bad) {
+        expect = c10::elementSize(dtype);
+        for (const int64_t d : m.meta.sizes) {
+          if (d < 0 || (d != 0 && expect > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) / static_cast<uint64_t>(d))) {
+            bad = true;
+            break;
+          }
+          expect *= static_cast<uint64_t>(d);
+        }
+        if (std::find(m.meta.sizes.begin(), m.meta.sizes.end(), 0) != m.meta.sizes.end()) expect = 0;
+      }
+      if (bad || expect != m.nbytes) {
+        throw ProtocolError(fmt::format("fetch reply from worker {}: {} bytes announced for a {} tensor of sizes [{}]",
+                                        w.rank, m.nbytes, c10::toString(dtype), fmt::join(m.meta.sizes, ", ")));
+      }
       try {
         in.value = at::empty(m.meta.sizes, at::TensorOptions().dtype(dtype));
       } catch (const std::exception& e) {

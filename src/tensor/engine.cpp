@@ -42,7 +42,11 @@ const Meta& TensorImpl::meta() {
   mesh.engine()->resolve(*pending);
   std::lock_guard<std::mutex> lk(pending->mu);
   if (!pending->error.empty()) throw RemoteError(pending->rank, pending->error_op, pending->error);
-  known = pending->metas.at(pending_index);
+  if (pending_index >= pending->metas.size()) {
+    throw ProtocolError(fmt::format("worker {} reported the metadata of {} outputs; output {} has none", pending->rank,
+                                    pending->metas.size(), pending_index));
+  }
+  known = pending->metas[pending_index];
   pending.reset();
   return *known;
 }

@@ -108,6 +108,14 @@ wire::Welcome WorkerHandshake::on_welcome(const wire::FrameView& f) const {
   if (w.max_frame < wire::kMinMaxFrame || w.max_frame > 0xffffffffu) {
     throw ProtocolError(fmt::format("handshake: frame limit {} outside [{}, 2^32-1]", w.max_frame, wire::kMinMaxFrame));
   }
+  if (w.world_size <= rank_) {
+    throw ProtocolError(fmt::format("handshake: a world of {} workers has no rank {}", w.world_size, rank_));
+  }
+  // Zero would make the heartbeat timer spin, or the worker give up at once.
+  if (w.heartbeat_interval_ms == 0 || w.heartbeat_timeout_ms == 0) {
+    throw ProtocolError(fmt::format("handshake: heartbeat interval {} ms and timeout {} ms must be positive",
+                                    w.heartbeat_interval_ms, w.heartbeat_timeout_ms));
+  }
   return w;
 }
 

@@ -63,7 +63,7 @@ class Reader {
   }
   void get_bytes(void* out, size_t n, const char* field) {
     need(n, field);
-    std::memcpy(out, p_, n);
+    if (n) std::memcpy(out, p_, n);  // an empty vector's data() may be null
     p_ += n;
   }
   // n bytes in place: valid while the input is.

@@ -14,6 +14,9 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <limits>
+
 namespace cox::worker {
 
 using collectives::CommError;
@@ -54,6 +57,24 @@ std::string shape_string(c10::IntArrayRef sizes) { return fmt::format("[{}]", fm
 }  // namespace
 
 void Tensors::comm_init(const wire::CommInit& m) {
+  // Communicator ids are unique (0: none); members are distinct global ranks.
+  if (m.comm != 0 && comms_.count(m.comm)) {
+    throw ProtocolError(fmt::format("comm_init {}: that communicator is already set up", m.comm));
+  }
+  if (m.comm == 0 && (m.parent == 0 || !m.ranks.empty())) {
+    throw ProtocolError(fmt::format("comm_init 0 (from parent {}) with {} members: id 0 names no communicator",
+                                    m.parent, m.ranks.size()));
+  }
+  {
+    std::vector<int32_t> sorted = m.ranks;
+    std::sort(sorted.begin(), sorted.end());
+    if (!sorted.empty() && sorted.front() < 0) {
+      throw ProtocolError(fmt::format("comm_init {}: negative member rank {}", m.comm, sorted.front()));
+    }
+    if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
+      throw ProtocolError(fmt::format("comm_init {}: members [{}] repeat a rank", m.comm, fmt::join(m.ranks, ", ")));
+    }
+  }
   collectives::CommOptions options;
   options.timeout = std::chrono::milliseconds(m.timeout_ms);
   comm_timeout_ = options.timeout;
@@ -102,11 +123,15 @@ void Tensors::comm_init(const wire::CommInit& m) {
     return hooks_.rendezvous(m.comm, blob, std::chrono::milliseconds(m.timeout_ms));
   };
   try {
-    if (device_.is_cpu()) {
+    if (hooks_.connect) {
+      c.comm = hooks_.connect(index, static_cast<int>(m.ranks.size()), options, exchange);
+      if (!c.comm) throw CommError("no communicator");
+      track(c.comm.get(), c.ranks);
+    } else if (device_.is_cpu()) {
 #ifdef COX_HAVE_GLOO
       std::string host;
       try {
-        host = hooks_.gloo_hostname(m.hosts);
+        host = hooks_.gloo_hostname ? hooks_.gloo_hostname(m.hosts) : std::string("127.0.0.1");
       } catch (const std::exception&) {
         exchange("");  // the rest of the group still gets its answer
         throw;
@@ -143,22 +168,74 @@ void Tensors::comm_init(const wire::CommInit& m) {
 }
 
 std::optional<std::string> Tensors::collective(const wire::Collective& m) {
+  const char* name = kind_name(m.kind);
+  const auto dtype = checked_dtype(m.dtype, name);
+  if (m.reduce > collectives::kMaxReduceOp) {
+    throw ProtocolError(fmt::format("{}: unknown reduce op {}", name, static_cast<unsigned>(m.reduce)));
+  }
+  if (m.kind != CollectiveKind::kBarrier && !m.in) throw ProtocolError(fmt::format("{} without an input", name));
+  if (m.in && !comm_type(dtype)) {
+    // The controller rejects these; a worker still must not leave its peers waiting.
+    throw ProtocolError(fmt::format("{} of a {} tensor", name, c10::toString(dtype)));
+  }
+  bounded_bytes(m.sizes, dtype, name);
   if (m.comm == 0) {
     // A group of one: the result is a copy of the input.
     if (m.kind == CollectiveKind::kBarrier || !m.out) return std::nullopt;
-    const Slot& s = slot(m.in);
+    const Slot& s = use(m.in);
     if (s.failure) {
       fail(m.out, s.failure);
     } else {
-      store(m.out, s.tensor.detach().clone(at::MemoryFormat::Contiguous));
+      try {
+        store(m.out, s.tensor.detach().clone(at::MemoryFormat::Contiguous));
+      } catch (const std::exception& e) {
+        fail(m.out, std::make_shared<Failure>(Failure{name, e.what()}));
+      }
     }
     return std::nullopt;
   }
   auto it = comms_.find(m.comm);
   if (it == comms_.end()) throw ProtocolError(fmt::format("collective on communicator {}, which was never set up", m.comm));
   Comm& c = it->second;
-  const char* name = kind_name(m.kind);
-  const auto dtype = static_cast<at::ScalarType>(m.dtype);
+  // Dims and roots as the controller normalised them; peers that ran the
+  // collective must not wait for a rank that refused it, so these are
+  // protocol errors, checked before anything starts.
+  {
+    const auto ndim = static_cast<int64_t>(m.sizes.size());
+    const auto members = static_cast<int64_t>(c.ranks.size());
+    auto dim = [&](int64_t d, const char* what) {
+      if (d < 0 || d >= ndim) {
+        throw ProtocolError(fmt::format("{}: {} {} out of range for a tensor of {} dims", name, what, d, ndim));
+      }
+    };
+    auto divisible = [&](int64_t d) {
+      if (m.sizes[static_cast<size_t>(d)] % members != 0) {
+        throw ProtocolError(fmt::format("{}: dim {} of size {} does not split among {} members", name, d,
+                                        m.sizes[static_cast<size_t>(d)], members));
+      }
+    };
+    switch (m.kind) {
+      case CollectiveKind::kReduceScatter: dim(m.a, "dim"), divisible(m.a); break;
+      case CollectiveKind::kAllGather: {
+        dim(m.a, "dim");
+        std::vector<int64_t> out_sizes = m.sizes;
+        if (members && out_sizes[static_cast<size_t>(m.a)] > std::numeric_limits<int64_t>::max() / members) {
+          throw ProtocolError(fmt::format("{}: the gathered tensor overflows", name));
+        }
+        out_sizes[static_cast<size_t>(m.a)] *= members;
+        bounded_bytes(out_sizes, dtype, name);
+        break;
+      }
+      case CollectiveKind::kAllToAll: dim(m.a, "split dim"), dim(m.b, "concat dim"), divisible(m.a); break;
+      case CollectiveKind::kBroadcast:
+        if (m.a < 0 || m.a >= members) {
+          throw ProtocolError(fmt::format("{}: root {} out of range for {} members", name, m.a, members));
+        }
+        break;
+      case CollectiveKind::kAllReduce:
+      case CollectiveKind::kBarrier: break;
+    }
+  }
 
   auto fail_output = [&](std::shared_ptr<const Failure> f) -> std::optional<std::string> {
     if (m.out) {
@@ -179,20 +256,24 @@ std::optional<std::string> Tensors::collective(const wire::Collective& m) {
     const Slot& s = use(m.in);
     if (s.failure) {
       upstream = s.failure;
-    } else if (s.tensor.sizes() != c10::IntArrayRef(m.sizes) || s.tensor.scalar_type() != dtype) {
+    } else if (!s.tensor.defined() || s.tensor.sizes() != c10::IntArrayRef(m.sizes) || s.tensor.scalar_type() != dtype) {
       upstream = std::make_shared<Failure>(Failure{
           name, fmt::format("the shard is {}{} where the controller expected {}{}", c10::toString(s.tensor.scalar_type()),
                             shape_string(s.tensor.sizes()), c10::toString(dtype), shape_string(m.sizes))});
     } else {
       in = s.tensor;
     }
-    if (!in.defined()) in = at::zeros(m.sizes, at::TensorOptions().dtype(dtype).device(device_));
+    if (!in.defined()) {
+      try {
+        in = at::zeros(m.sizes, at::TensorOptions().dtype(dtype).device(device_));
+      } catch (const std::exception& e) {
+        // No placeholder, no part in the collective: the peers would wait in vain.
+        throw Error(fmt::format("{}: cannot make a placeholder of {}{}: {}", name, c10::toString(dtype),
+                                shape_string(m.sizes), e.what()));
+      }
+    }
   }
   const auto type = comm_type(dtype);
-  if (m.in && !type) {
-    // The controller rejects these; a worker still must not leave its peers waiting.
-    throw ProtocolError(fmt::format("{} of a {} tensor", name, c10::toString(dtype)));
-  }
   collectives::Communicator& comm = *c.comm;
   const int64_t n = comm.size();
   const auto reduce = static_cast<ReduceOp>(m.reduce);
@@ -348,6 +429,20 @@ Tensors::Comm& Tensors::comm_of(uint64_t id) {
   return it->second;
 }
 
+void Tensors::check_transfer(const wire::Transfer& m) {
+  bounded_bytes(m.sizes, checked_dtype(m.dtype, "to_mesh"), "to_mesh");
+  auto peer = [&](uint64_t comm, int32_t p) {
+    const Comm& c = comm_of(comm);
+    if (p < 0 || static_cast<size_t>(p) >= c.ranks.size()) {
+      throw ProtocolError(fmt::format("transfer: peer {} out of range for communicator {} of {} members", p, comm,
+                                      c.ranks.size()));
+    }
+  };
+  for (const auto& s : m.sends) peer(s.comm, s.peer);
+  if (m.out && m.recv_comm) peer(m.recv_comm, m.recv_peer);
+  if (m.out && !m.recv_comm && !m.src) throw ProtocolError("transfer: a local receive without a source");
+}
+
 // On GPUs: the sizes are known on both sides, so each send is a status byte
 // and the data (zeros when the source is an error value), all sends and the
 // receive in one NCCL group, on the communication stream.
@@ -443,6 +538,7 @@ std::optional<std::string> Tensors::transfer_gpu(const wire::Transfer& m) {
 // Each message is a 16-byte header (status: 0, or the length of an error
 // text; payload bytes), then the payload: the tensor's bytes, or the text.
 std::optional<std::string> Tensors::transfer(const wire::Transfer& m) {
+  check_transfer(m);
   if (gpu_) return transfer_gpu(m);
   const auto dtype = static_cast<at::ScalarType>(m.dtype);
   std::shared_ptr<const Failure> upstream;
@@ -464,11 +560,19 @@ std::optional<std::string> Tensors::transfer(const wire::Transfer& m) {
   if (m.src) {
     if (upstream) {
       error_text = upstream->op + ": " + upstream->message;
+      if (error_text.size() > kMaxErrorText) error_text.resize(kMaxErrorText);
       header.status = error_text.size();
       header.bytes = error_text.size();
     } else {
-      data = src.contiguous();
-      header.bytes = static_cast<uint64_t>(data.nbytes());
+      try {
+        data = src.contiguous();
+      } catch (const std::exception& e) {
+        // Sent as an error value: the receivers still hear from this rank.
+        error_text = std::string("to_mesh: ") + e.what();
+        header.status = error_text.size();
+        upstream = std::make_shared<Failure>(Failure{"to_mesh", e.what()});
+      }
+      header.bytes = upstream ? error_text.size() : static_cast<uint64_t>(data.nbytes());
     }
   }
   std::vector<std::unique_ptr<collectives::Communicator::Transfer>> sends;
@@ -505,6 +609,9 @@ std::optional<std::string> Tensors::transfer(const wire::Transfer& m) {
       Header h;
       c.comm->start_recv(&h, sizeof h, m.recv_peer, m.tag * 2)->wait();
       if (h.status) {
+        if (h.bytes > kMaxErrorText || h.bytes != h.status) {
+          throw CommError(fmt::format("worker {} announced an error text of {} bytes", peer_rank, h.bytes));
+        }
         std::string text(h.bytes, '\0');
         c.comm->start_recv(text.data(), text.size(), m.recv_peer, m.tag * 2 + 1)->wait();
         fail(m.out, std::make_shared<Failure>(

@@ -13,25 +13,23 @@
 namespace cox::worker {
 
 namespace {
-Tensors::Hooks hooks(std::function<std::string(const std::vector<std::string>&)> gloo_hostname,
-                     std::function<std::vector<std::string>(uint64_t, const std::string&, std::chrono::milliseconds)> rv) {
-  Tensors::Hooks h;
+Tensors::Hooks with_rendezvous(
+    Tensors::Hooks h,
+    std::function<std::vector<std::string>(uint64_t, const std::string&, std::chrono::milliseconds)> rv) {
   h.rendezvous = std::move(rv);
-  h.gloo_hostname = std::move(gloo_hostname);
   return h;
 }
 }  // namespace
 
-Executor::Executor(int rank, const at::Device& device, Outbox& out, StreamReader& in,
-                   std::function<std::string(const std::vector<std::string>&)> gloo_hostname)
+Executor::Executor(int rank, const at::Device& device, Outbox& out, StreamReader& in, Tensors::Hooks hooks)
     : rank_(rank),
       out_(out),
       in_(in),
       tensors_(rank, device, out,
-               hooks(std::move(gloo_hostname),
-                     [this](uint64_t comm, const std::string& blob, std::chrono::milliseconds timeout) {
-                       return rendezvous(comm, blob, timeout);
-                     })) {
+               with_rendezvous(std::move(hooks),
+                               [this](uint64_t comm, const std::string& blob, std::chrono::milliseconds timeout) {
+                                 return rendezvous(comm, blob, timeout);
+                               })) {
   in_.set_chunk_sink(this);
 }
 

@@ -17,8 +17,9 @@ namespace cox::worker {
 
 class Executor final : public StreamReader::ChunkSink {
  public:
-  Executor(int rank, const at::Device& device, Outbox& out, StreamReader& in,
-           std::function<std::string(const std::vector<std::string>&)> gloo_hostname);
+  // `hooks` as the tensor table takes them; the rendezvous is the
+  // executor's own (through `out` and `in`).
+  Executor(int rank, const at::Device& device, Outbox& out, StreamReader& in, Tensors::Hooks hooks);
 
   // Runs one frame; returns false once told to shut down.
   bool run(const wire::FrameView& f) {

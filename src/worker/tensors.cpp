@@ -15,6 +15,10 @@
 #include <torch/csrc/autograd/autograd.h>
 
 #include <dlfcn.h>
+#include <unistd.h>
+
+#include <limits>
+#include <unistd.h>
 
 namespace cox::worker {
 
@@ -36,8 +40,21 @@ std::string describe(const at::Tensor& t) {
 
 }  // namespace
 
+namespace {
+uint64_t physical_memory() {
+  const long pages = ::sysconf(_SC_PHYS_PAGES);
+  const long page = ::sysconf(_SC_PAGESIZE);
+  if (pages <= 0 || page <= 0) return uint64_t{1} << 40;
+  return static_cast<uint64_t>(pages) * static_cast<uint64_t>(page);
+}
+}  // namespace
+
 Tensors::Tensors(int rank, at::Device device, Outbox& out, Hooks hooks)
-    : rank_(rank), device_(device), out_(out), hooks_(std::move(hooks)) {
+    : rank_(rank),
+      device_(device),
+      out_(out),
+      hooks_(std::move(hooks)),
+      max_tensor_bytes_(hooks_.max_tensor_bytes ? hooks_.max_tensor_bytes : physical_memory()) {
   if (device_.is_cuda()) {
     gpu_ = make_gpu(device_, [watch = watch_] { watch->check(); }, comm_timeout_);
   }
@@ -145,6 +162,45 @@ std::optional<std::string> Tensors::synchronize() {
   return std::nullopt;
 }
 
+at::ScalarType Tensors::checked_dtype(uint8_t dtype, const char* what) {
+  // Undefined sits just below NumOptions: no tensor has it.
+  if (dtype >= static_cast<uint8_t>(at::ScalarType::Undefined)) {
+    throw ProtocolError(fmt::format("{}: unknown dtype {}", what, static_cast<unsigned>(dtype)));
+  }
+  return static_cast<at::ScalarType>(dtype);
+}
+
+uint64_t Tensors::shape_bytes(c10::IntArrayRef sizes, at::ScalarType dtype, const char* what) {
+  uint64_t n = c10::elementSize(dtype);
+  for (const int64_t s : sizes) {
+    if (s < 0) throw ProtocolError(fmt::format("{}: negative size in [{}]", what, fmt::join(sizes, ", ")));
+    if (s != 0 && n > std::numeric_limits<int64_t>::max() / static_cast<uint64_t>(s)) {
+      throw ProtocolError(fmt::format("{}: a {}[{}] tensor overflows 64 bits", what, c10::toString(dtype),
+                                      fmt::join(sizes, ", ")));
+    }
+    n *= static_cast<uint64_t>(s);
+  }
+  // A zero size anywhere: no bytes, however large the rest.
+  for (const int64_t s : sizes) {
+    if (s == 0) return 0;
+  }
+  return n;
+}
+
+uint64_t Tensors::bounded_bytes(c10::IntArrayRef sizes, at::ScalarType dtype, const char* what) const {
+  const uint64_t n = shape_bytes(sizes, dtype, what);
+  if (n > max_tensor_bytes_) {
+    throw ProtocolError(fmt::format("{}: a {}[{}] tensor of {} bytes exceeds this worker's limit of {} bytes", what,
+                                    c10::toString(dtype), fmt::join(sizes, ", "), n, max_tensor_bytes_));
+  }
+  return n;
+}
+
+std::shared_ptr<const Tensors::Failure> Tensors::undefined_failure() {
+  static const auto f = std::make_shared<const Failure>(Failure{"lookup", "an undefined tensor (an optional output that was not computed)"});
+  return f;
+}
+
 const Tensors::Slot& Tensors::slot(uint64_t id) const {
   static const Slot missing{at::Tensor(), std::make_shared<Failure>(Failure{"lookup", "no such tensor"}), nullptr};
   auto it = table_.find(id);
@@ -152,7 +208,13 @@ const Tensors::Slot& Tensors::slot(uint64_t id) const {
 }
 
 void Tensors::define_op(const wire::DefineOp& m) {
-  if (ops_.size() <= m.op) ops_.resize(m.op + 1);
+  // Op ids are small and dense (the controller numbers ops as it meets
+  // them): the table is a vector indexed by them.
+  if (m.op >= kMaxOpId) {
+    throw ProtocolError(fmt::format("define_op: op id {} is out of range (at most {})", m.op, kMaxOpId - 1));
+  }
+  if (m.name.empty()) throw ProtocolError(fmt::format("define_op: op id {} with an empty name", m.op));
+  if (ops_.size() <= m.op) ops_.resize(size_t{m.op} + 1);
   Op& op = ops_[m.op];
   op.name = m.overload.empty() ? m.name : m.name + "." + m.overload;
   {
@@ -208,13 +270,27 @@ std::optional<std::string> Tensors::run_op(const wire::Op& m) {
         stack.emplace_back(std::move(v));
         break;
       }
-      case ArgTag::kScalarType: stack.emplace_back(static_cast<at::ScalarType>(r.get<uint8_t>("arg.scalar_type"))); break;
+      case ArgTag::kScalarType:
+        stack.emplace_back(checked_dtype(r.get<uint8_t>("arg.scalar_type"), "op argument"));
+        break;
       case ArgTag::kString: stack.emplace_back(r.get_string("arg.string")); break;
       case ArgTag::kDevice: stack.emplace_back(device_); break;
-      case ArgTag::kLayout: stack.emplace_back(static_cast<at::Layout>(r.get<uint8_t>("arg.layout"))); break;
-      case ArgTag::kMemoryFormat:
-        stack.emplace_back(static_cast<at::MemoryFormat>(r.get<uint8_t>("arg.memory_format")));
+      case ArgTag::kLayout: {
+        const uint8_t v = r.get<uint8_t>("arg.layout");
+        if (v >= static_cast<uint8_t>(at::Layout::NumOptions)) {
+          throw ProtocolError(fmt::format("malformed op: unknown layout {}", static_cast<unsigned>(v)));
+        }
+        stack.emplace_back(static_cast<at::Layout>(v));
         break;
+      }
+      case ArgTag::kMemoryFormat: {
+        const uint8_t v = r.get<uint8_t>("arg.memory_format");
+        if (v >= static_cast<uint8_t>(at::MemoryFormat::NumOptions)) {
+          throw ProtocolError(fmt::format("malformed op: unknown memory format {}", static_cast<unsigned>(v)));
+        }
+        stack.emplace_back(static_cast<at::MemoryFormat>(v));
+        break;
+      }
       default:
         throw ProtocolError(fmt::format("malformed op: unknown argument tag {}", static_cast<unsigned>(tag)));
     }
@@ -236,6 +312,12 @@ std::optional<std::string> Tensors::run_op(const wire::Op& m) {
   if (upstream) return fail_all(upstream);
   if (!op.handle) {
     return fail_all(std::make_shared<Failure>(Failure{op.name, "this worker's libtorch has no such op"}));
+  }
+  // The boxed call reads its arguments from the end of the stack without
+  // counting them: too few would make it read before the stack's start.
+  if (const size_t want = op.handle->schema().arguments().size(); stack.size() != want) {
+    return fail_all(std::make_shared<Failure>(
+        Failure{op.name, fmt::format("{} arguments where this worker's libtorch expects {}", stack.size(), want)}));
   }
   try {
     op.handle->callBoxed(stack);
@@ -350,37 +432,49 @@ void Tensors::fetch(const wire::Fetch& m) {
 }
 
 void Tensors::put(const wire::Put& m) {
-  if (m.dtype >= static_cast<uint8_t>(at::ScalarType::NumOptions)) {
-    throw ProtocolError(fmt::format("put: unknown dtype {}", m.dtype));
+  const auto dtype = checked_dtype(m.dtype, "put");
+  // The metadata is checked before anything is allocated by it.
+  const uint64_t nbytes = shape_bytes(m.sizes, dtype, "put");
+  if (nbytes != m.nbytes) {
+    throw ProtocolError(fmt::format("put: {} bytes announced for a {}[{}] tensor of {} bytes", m.nbytes,
+                                    c10::toString(dtype), fmt::join(m.sizes, ", "), nbytes));
   }
-  const auto dtype = static_cast<at::ScalarType>(m.dtype);
+  if (incoming_.count(m.id)) throw ProtocolError(fmt::format("put: tensor {} is already being received", m.id));
   Incoming in;
-  try {
-    in.value = at::empty(m.sizes, at::TensorOptions().dtype(dtype));
-  } catch (const std::exception& e) {
-    throw ProtocolError(fmt::format("put: bad tensor metadata: {}", message_of(e)));
-  }
-  if (static_cast<uint64_t>(in.value.nbytes()) != m.nbytes) {
-    throw ProtocolError(fmt::format("put: {} bytes announced for a {} tensor of {} bytes", m.nbytes,
-                                    c10::toString(dtype), in.value.nbytes()));
-  }
+  in.nbytes = nbytes;
   in.requires_grad = m.requires_grad;
-  if (m.nbytes == 0) return finish_put(m.id, std::move(in));
-  if (!incoming_.emplace(m.id, std::move(in)).second) {
-    throw ProtocolError(fmt::format("put: tensor {} is already being received", m.id));
+  // Too large a tensor, or no memory for it: an error value, not the end of
+  // this worker (its bytes still come, and are dropped).
+  if (nbytes > max_tensor_bytes_) {
+    in.failure = std::make_shared<Failure>(Failure{
+        "put", fmt::format("a {}[{}] tensor of {} bytes exceeds this worker's limit of {} bytes",
+                           c10::toString(dtype), fmt::join(m.sizes, ", "), nbytes, max_tensor_bytes_)});
+  } else {
+    try {
+      in.value = at::empty(m.sizes, at::TensorOptions().dtype(dtype));
+    } catch (const std::exception& e) {
+      in.failure = std::make_shared<Failure>(Failure{"put", message_of(e)});
+    }
   }
+  if (nbytes == 0) return finish_put(m.id, std::move(in));
+  // Ops after the put see the error value at once; the chunks still come.
+  if (in.failure) fail(m.id, in.failure);
+  incoming_.emplace(m.id, std::move(in));
 }
 
 void Tensors::put_data(const wire::PutData& m) {
   auto it = incoming_.find(m.id);
   if (it == incoming_.end()) throw ProtocolError(fmt::format("put_data for tensor {}, which is not being received", m.id));
   Incoming& in = it->second;
-  const uint64_t nbytes = in.value.nbytes();
+  const uint64_t nbytes = in.nbytes;
   if (m.offset != in.received || m.data.size > nbytes - in.received) {
-    throw ProtocolError(fmt::format("put_data: bytes [{}, {}) of tensor {} where [{}, {}) was due", m.offset,
-                                    m.offset + m.data.size, m.id, in.received, nbytes));
+    throw ProtocolError(fmt::format("put_data: {} bytes at offset {} of tensor {} where [{}, {}) was due",
+                                    m.data.size, m.offset, m.id, in.received, nbytes));
   }
-  std::memcpy(static_cast<uint8_t*>(in.value.data_ptr()) + m.offset, m.data.data, m.data.size);
+  if (m.data.size == 0) throw ProtocolError(fmt::format("put_data: an empty chunk of tensor {}", m.id));
+  if (in.value.defined()) {
+    std::memcpy(static_cast<uint8_t*>(in.value.data_ptr()) + m.offset, m.data.data, m.data.size);
+  }
   put_received(m.id, m.data.size);
 }
 
@@ -388,7 +482,7 @@ uint8_t* Tensors::put_sink(uint64_t id, uint64_t offset, uint64_t len) {
   auto it = incoming_.find(id);
   if (it == incoming_.end()) return nullptr;
   Incoming& in = it->second;
-  if (offset != in.received || len > static_cast<uint64_t>(in.value.nbytes()) - in.received) return nullptr;
+  if (!in.value.defined() || len == 0 || offset != in.received || len > in.nbytes - in.received) return nullptr;
   return static_cast<uint8_t*>(in.value.data_ptr()) + offset;
 }
 
@@ -396,15 +490,21 @@ void Tensors::put_received(uint64_t id, uint64_t len) {
   auto it = incoming_.find(id);
   Incoming& in = it->second;
   in.received += len;
-  if (in.received < static_cast<uint64_t>(in.value.nbytes())) return;
+  if (in.received < in.nbytes) return;
   Incoming done = std::move(in);
   incoming_.erase(it);
   finish_put(id, std::move(done));
 }
 
 void Tensors::finish_put(uint64_t id, Incoming in) {
-  at::Tensor t = device_.is_cpu() ? std::move(in.value) : in.value.to(device_);
-  if (in.requires_grad) t.requires_grad_(true);
+  if (in.failure) return fail(id, std::move(in.failure));
+  at::Tensor t;
+  try {
+    t = device_.is_cpu() ? std::move(in.value) : in.value.to(device_);
+    if (in.requires_grad) t.requires_grad_(true);
+  } catch (const std::exception& e) {
+    return fail(id, std::make_shared<Failure>(Failure{"put", message_of(e)}));
+  }
   store(id, std::move(t));
 }
 
@@ -465,6 +565,9 @@ void Tensors::load_library(const wire::LoadLibrary& m) {
 void Tensors::call_remote(const wire::CallRemote& m) {
   // meta_request == 0: the controller knows the signature and expects
   // exactly max_outputs tensors; otherwise the reporter tells it what came.
+  if (m.max_outputs > kMaxRemoteOutputs) {
+    throw ProtocolError(fmt::format("call_remote {}: {} outputs (at most {})", m.name, m.max_outputs, kMaxRemoteOutputs));
+  }
   const bool known = m.meta_request == 0;
   const bool report = !known && m.reporter == rank_;
   auto failed = [&](const Failure& f) {

@@ -38,7 +38,22 @@ class Tensors {
     // controller sees them) are `hosts`: one they can all reach. Throws
     // collectives::CommError when it cannot tell.
     std::function<std::string(const std::vector<std::string>& hosts)> gloo_hostname;
+    // Makes the communicator of a new group (this worker is member `index`
+    // of `size`); unset: Gloo on a CPU, NCCL on a GPU. Tests and the fuzz
+    // harness put an in-process one here.
+    std::function<std::unique_ptr<collectives::Communicator>(int index, int size, const collectives::CommOptions&,
+                                                             const collectives::Exchange&)>
+        connect;
+    // The largest tensor a message may make this worker allocate by its
+    // metadata alone (a put, a collective's placeholder, a received shard);
+    // 0: this machine's physical memory. A put above it becomes an error
+    // value; anything else above it is a protocol error.
+    uint64_t max_tensor_bytes = 0;
   };
+  // Ids, counts and enums from the controller's stream, before they are used.
+  static constexpr uint32_t kMaxOpId = uint32_t{1} << 20;      // op table entries
+  static constexpr uint32_t kMaxRemoteOutputs = uint32_t{1} << 16;
+  static constexpr uint64_t kMaxErrorText = uint64_t{1} << 20;  // from a peer, in a transfer
   // A CUDA `device` binds this process to it (throws cox::Error when it
   // cannot); then ops run on a compute stream and collectives on their own.
   // Replies go out through `out`.
@@ -143,7 +158,13 @@ class Tensors {
     return it->second;
   }
   void settle(Slot& s);
-  void store(uint64_t id, at::Tensor t) { table_[id] = Slot{std::move(t), nullptr, nullptr}; }
+  // A slot without a failure always holds a defined tensor: an undefined
+  // one (an optional output not computed) is stored as an error value.
+  void store(uint64_t id, at::Tensor t) {
+    if (!t.defined()) return fail(id, undefined_failure());
+    table_[id] = Slot{std::move(t), nullptr, nullptr};
+  }
+  static std::shared_ptr<const Failure> undefined_failure();
   void fail(uint64_t id, std::shared_ptr<const Failure> f) { table_[id] = Slot{at::Tensor(), std::move(f), nullptr}; }
   void watch(collectives::Communicator* comm, const std::vector<int32_t>& ranks);
   // Registers a communicator for peer_lost(); cancels it at once when one
@@ -152,15 +173,28 @@ class Tensors {
   void untrack(collectives::Communicator* comm);
   // A transfer's communicator (a ProtocolError when it was never set up).
   Comm& comm_of(uint64_t id);
+  // A transfer's dtype, shape, communicators and peers (ProtocolError).
+  void check_transfer(const wire::Transfer& m);
   // Aborts every NCCL communicator (after an asynchronous failure), so that
   // nothing on the device waits for them any longer.
   void abort_comms(const std::string& why);
   // A tensor being received from the controller.
   struct Incoming {
-    at::Tensor value;  // on the CPU until whole
+    at::Tensor value;  // on the CPU until whole; undefined when `failure` is set
+    uint64_t nbytes = 0;
     uint64_t received = 0;
     bool requires_grad = false;
+    // Could not be stored (too large, out of memory): its bytes are read
+    // and dropped, and its id becomes this error value.
+    std::shared_ptr<const Failure> failure;
   };
+  // A dtype from the wire, checked (ProtocolError naming `what` otherwise).
+  static at::ScalarType checked_dtype(uint8_t dtype, const char* what);
+  // The bytes of a contiguous tensor of `sizes` and `dtype`; a ProtocolError
+  // for a negative size or one that overflows.
+  static uint64_t shape_bytes(c10::IntArrayRef sizes, at::ScalarType dtype, const char* what);
+  // shape_bytes(), also refused above max_tensor_bytes.
+  uint64_t bounded_bytes(c10::IntArrayRef sizes, at::ScalarType dtype, const char* what) const;
   void finish_put(uint64_t id, Incoming in);
   static wire::Failed error_reply(uint64_t request, const Failure& f);
   void reply_error(uint64_t request, const Failure& f);
@@ -194,6 +228,7 @@ class Tensors {
   std::shared_ptr<CommWatch> watch_ = std::make_shared<CommWatch>();
   std::chrono::milliseconds comm_timeout_{std::chrono::minutes(10)};
   std::unique_ptr<Gpu> gpu_;  // CUDA workers only
+  uint64_t max_tensor_bytes_;
 };
 
 }  // namespace cox::worker

@@ -204,9 +204,10 @@ int run_worker(const WorkerOptions& o) {
   ops_detail::ensure_registered();  // Coxswain's own ops (fused optimizers)
   std::optional<Executor> exec_holder;
   try {
+    Tensors::Hooks hooks;
     const int control_fd = s.fd;
-    exec_holder.emplace(o.rank, device, outbox, reader,
-                        [control_fd](const std::vector<std::string>& hosts) { return gloo_hostname(control_fd, hosts); });
+    hooks.gloo_hostname = [control_fd](const std::vector<std::string>& hosts) { return gloo_hostname(control_fd, hosts); };
+    exec_holder.emplace(o.rank, device, outbox, reader, std::move(hooks));
   } catch (const std::exception& e) {
     die(o.rank, std::string("cannot use device ") + device.str() + ": " + e.what());
   }
