@@ -14,7 +14,15 @@
 // challenge-response, and shutdown() or the destructor drains, stops and
 // reaps every worker. A worker that dies is noticed at once locally (child
 // exit) or within the heartbeat timeout remotely; every call that needs it
-// then fails with cox::WorkerLost.
+// then fails with cox::WorkerLost, and the survivors abort every
+// communicator it belonged to, so that none waits for it in a collective.
+//
+// Threads: every method of a Controller, of its meshes and tensors, and of
+// their futures may be called from several threads at once. Issuing work is
+// serialized (one order per worker); waits (sync, ping, get) run side by
+// side. shutdown() from one thread ends the waits of the others with
+// cox::Error ("shut down while this call waited"). Moving or destroying a
+// Controller while another thread uses it is not allowed.
 #pragma once
 
 #include <cox/errors.hpp>

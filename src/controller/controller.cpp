@@ -203,6 +203,7 @@ void Controller::Impl::shutdown() {
     shut_down_ = true;
     shutting_down_ = true;
   }
+  cv_.notify_all();  // waiters on other threads end now
   if (engine_) tensor::detach_engine(*engine_);
   if (io_thread_.joinable()) {
     // Ask every live worker to finish its stream and exit.

@@ -211,6 +211,23 @@ void check_collectives(col::Communicator& c, col::DataType type, const char* tna
     EXPECT(!world->broken().empty(), "the communicator is marked broken");
   }
   EXPECT(failed, "a collective with a dead peer completed");
+  // A collective stuck on the device for a peer that never comes (rank 0's
+  // even group still counts the dead rank) is cancelled from another
+  // thread, as a worker's I/O thread does on a lost peer: the wait ends
+  // with that reason (not the timeout's), and the communicator is aborted.
+  if (sub && rank == 0) {
+    void* x = nullptr;
+    cudaMalloc(&x, 1024 * sizeof(float));
+    std::string why;
+    try {
+      sub->all_reduce(x, x, 1024, col::DataType::kFloat32, col::ReduceOp::kSum);
+      std::thread([&] { sub->cancel("worker 2 was lost: test"); }).join();
+      col::synchronize_nccl(*sub);
+    } catch (const col::CommError& e) {
+      why = e.what();
+    }
+    EXPECT(why.find("worker 2 was lost: test") != std::string::npos, "cancel ended the wait with: '%s'", why.c_str());
+  }
   // Communicators that include the dead rank are left to the process exit:
   // finalizing them would wait for it.
   std::fflush(stderr);

@@ -197,3 +197,39 @@ TEST_CASE("op_timeout_loses_worker turns an operation that runs too long into Wo
   }
   ctl.ping(0, 10000ms);  // the other worker goes on
 }
+
+TEST_CASE("the API is safe from several threads, and shutdown() ends the waits of the others", "[failure][threads]") {
+  Controller ctl = Controller::local(local_options(2));
+  DeviceMesh m = ctl.mesh({{"w", 2}});
+  // Threads issuing ops, fetching and syncing at once.
+  std::vector<std::thread> threads;
+  std::atomic<int> good{0};
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      Tensor x = full(m, {16}, static_cast<double>(t));
+      for (int i = 0; i < 50; ++i) x = x + 1.0;
+      if (at::equal(x.fetch({{"w", t % 2}}).get(60000ms), at::full({16}, t + 50.0))) ++good;
+      ctl.sync(60000ms);
+    });
+  }
+  for (auto& th : threads) th.join();
+  CHECK(good == 4);
+
+  // A thread waits on a worker that is busy for long; shutdown() on this
+  // one ends that wait with an error instead of leaving it blocked.
+  post(ctl, 1, wire::Sleep{60000});
+  std::atomic<bool> waiting{false};
+  std::string error;
+  std::thread waiter([&] {
+    try {
+      waiting = true;
+      ctl.sync();
+    } catch (const Error& e) {
+      error = e.what();
+    }
+  });
+  REQUIRE(eventually([&] { return waiting.load() && doing(ctl, 1, "sleep"); }, 10000ms));
+  ctl.shutdown();
+  waiter.join();
+  CHECK_THAT(error, Catch::Contains("shut down"));
+}
