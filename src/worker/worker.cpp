@@ -125,6 +125,7 @@ int run_worker(const WorkerOptions& o) {
   const milliseconds tick = std::min(hb_interval, milliseconds(100));
   auto next_beat = Clock::now();
   uint64_t seen_started = 0;
+  uint64_t tick_started = 0;
   auto busy_since = Clock::now();
   std::function<void()> on_tick = [&] {
     watch.expires_after(tick);
@@ -135,7 +136,16 @@ int run_worker(const WorkerOptions& o) {
         die(o.rank, "lost the controller: connection closed");
       }
       Executor* exec = exec_ptr.load(std::memory_order_acquire);
+      // Drained only while the executor has been on one message since the
+      // last tick: one that streams through messages reads them itself
+      // (and its heartbeats), at no cost of an extra copy.
+      bool stuck = false;
       if (exec) {
+        const uint64_t started = exec->progress().started.load(std::memory_order_acquire);
+        stuck = started > exec->progress().finished.load(std::memory_order_acquire) && started == tick_started;
+        tick_started = started;
+      }
+      if (stuck) {
         try {
           reader.drain(wire::MsgType::kPeerLost, [&](const wire::FrameView& f) {
             try {
