@@ -11,7 +11,10 @@
 
 #include <climits>
 #include <cstdlib>
+#include <cstdio>
 #include <cstring>
+#include <mutex>
+#include <string_view>
 
 namespace cox::transport {
 namespace {
@@ -57,7 +60,13 @@ bool session_authenticated(int fd) {
   if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return true;
   if (ss.ss_family == AF_UNIX) return false;
   const char* untagged = std::getenv(kBenchmarkUntaggedEnv);
-  return !(untagged && std::string_view(untagged) == "1");
+  if (!(untagged && std::string_view(untagged) == "1")) return true;
+  static std::once_flag warned;
+  std::call_once(warned, [] {
+    std::fprintf(stderr, "cox: warning: $%s=1: TCP sessions are not authenticated (for benchmarks only)\n",
+                 kBenchmarkUntaggedEnv);
+  });
+  return false;
 }
 
 namespace {

@@ -95,10 +95,6 @@ int run_worker(const WorkerOptions& o) {
   COX_CHECK_ARG(device.is_cpu() || device.is_cuda(), "device '{}' is neither cpu, cuda nor cuda:N", device_name);
 
   Session s = connect_and_handshake(o, token, device.str());
-  if (!s.keys && o.connect.rfind("unix:", 0) != 0) {
-    std::fprintf(stderr, "cox-worker %d: warning: $%s is set: frames from the controller are not authenticated\n",
-                 o.rank, transport::kBenchmarkUntaggedEnv);
-  }
   const milliseconds hb_interval(s.welcome.heartbeat_interval_ms);
   const milliseconds hb_timeout(s.welcome.heartbeat_timeout_ms);
 
