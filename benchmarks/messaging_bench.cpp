@@ -44,6 +44,7 @@
 #include <cox/tensor.hpp>
 
 #include "bench_util.hpp"
+#include "common/access.hpp"
 #include "controller/controller_impl.hpp"
 #include "controller/launcher.hpp"
 #include "transport/session_mac.hpp"
@@ -354,7 +355,7 @@ void cox_round_trips(Controller& ctl, int iters, std::vector<double>& us) {
 }
 
 double cox_stream_msgs_per_s(Controller& ctl, uint64_t n, uint64_t first) {
-  auto& impl = ctl.impl();
+  auto& impl = *cox::detail::Access::impl(ctl);
   std::vector<uint8_t> frame;
   auto t0 = Clock::now();
   for (uint64_t i = 0; i < n; ++i) {

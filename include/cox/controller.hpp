@@ -41,6 +41,9 @@
 namespace cox {
 
 class DeviceMesh;  // <cox/tensor.hpp>
+namespace detail {
+struct Access;  // the library's own way in (never part of the API)
+}  // namespace detail
 
 enum class OutputStream { kStdout, kStderr };
 
@@ -201,10 +204,9 @@ class COX_API Controller {
   AttachInfo attach_info() const;
 
   class Impl;
-  // The runtime under the public API, for the layers of this library.
-  Impl& impl() { return *impl_; }
 
  private:
+  friend struct detail::Access;
   explicit Controller(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

@@ -74,12 +74,9 @@ class COX_API DeviceMesh {
   bool operator==(const DeviceMesh& o) const noexcept;
   bool operator!=(const DeviceMesh& o) const noexcept { return !(*this == o); }
 
-  // Internal.
-  DeviceMesh(std::shared_ptr<tensor::Engine> engine, std::shared_ptr<const tensor::MeshInfo> info);
-  const std::shared_ptr<tensor::Engine>& engine() const noexcept { return engine_; }
-  const std::shared_ptr<const tensor::MeshInfo>& info() const noexcept { return info_; }
-
  private:
+  friend struct detail::Access;
+  DeviceMesh(std::shared_ptr<tensor::Engine> engine, std::shared_ptr<const tensor::MeshInfo> info);
   DeviceMesh with(Shape s) const;
   std::shared_ptr<tensor::Engine> engine_;
   std::shared_ptr<const tensor::MeshInfo> info_;
@@ -92,7 +89,6 @@ class COX_API TensorFuture {
   // WorkerLost, or Timeout when `timeout` passes first.
   at::Tensor get(std::optional<std::chrono::milliseconds> timeout = std::nullopt);
 
-  TensorFuture(std::shared_ptr<tensor::Engine> engine, uint64_t request, int rank);
   TensorFuture(TensorFuture&& other) noexcept;
   TensorFuture& operator=(TensorFuture&& other) noexcept;
   TensorFuture(const TensorFuture&) = delete;
@@ -102,6 +98,8 @@ class COX_API TensorFuture {
   ~TensorFuture();
 
  private:
+  friend struct detail::Access;
+  TensorFuture(std::shared_ptr<tensor::Engine> engine, uint64_t request, int rank);
   void release() noexcept;
 
   std::shared_ptr<tensor::Engine> engine_;
@@ -116,7 +114,8 @@ struct TensorOptions {
   bool requires_grad = false;
 };
 
-// One boxed argument of an aten op.
+// One boxed argument of an aten op: none, a tensor or a list of them, an
+// integer, a float, a bool, a list of integers, a dtype, or a string.
 class COX_API Arg {
  public:
   Arg(std::nullopt_t) : v_(None{}) {}
@@ -132,12 +131,11 @@ class COX_API Arg {
   Arg(std::string v) : v_(std::move(v)) {}
   Arg(const char* v) : v_(std::string(v)) {}
 
+ private:
+  friend struct detail::Access;
   struct None {};
   using Value = std::variant<None, std::shared_ptr<tensor::TensorImpl>, std::vector<std::shared_ptr<tensor::TensorImpl>>,
                              int64_t, double, bool, std::vector<int64_t>, at::ScalarType, std::string>;
-  const Value& value() const noexcept { return v_; }
-
- private:
   Value v_;
 };
 
@@ -231,11 +229,9 @@ class COX_API Tensor {
   Tensor& fill_(double v);
   Tensor& copy_(const Tensor& src);
 
-  // Internal.
-  explicit Tensor(std::shared_ptr<tensor::TensorImpl> impl) : impl_(std::move(impl)) {}
-  const std::shared_ptr<tensor::TensorImpl>& impl() const noexcept { return impl_; }
-
  private:
+  friend struct detail::Access;
+  explicit Tensor(std::shared_ptr<tensor::TensorImpl> impl) : impl_(std::move(impl)) {}
   const tensor::TensorImpl& checked() const;
   std::shared_ptr<tensor::TensorImpl> impl_;
 };

@@ -5,6 +5,7 @@
 #include "controller/controller_impl.hpp"
 #include "controller/waiting.hpp"
 
+#include "common/access.hpp"
 #include "common/check.hpp"
 #include "transport/auth.hpp"
 
@@ -97,6 +98,22 @@ std::string to_string(const WorkerStatus& s) {
   return out;
 }
 AttachInfo Controller::attach_info() const { return impl_->attach_info(); }
+
+std::shared_ptr<runtime::Service> Controller::Impl::service(
+    std::string_view key, const std::function<std::shared_ptr<runtime::Service>()>& make) {
+  std::lock_guard<std::mutex> lk(mu_);
+  for (auto& [k, s] : services_) {
+    if (k == key) return s;
+  }
+  if (shut_down_) throw Error("the controller has shut down");
+  return services_.emplace_back(std::string(key), make()).second;
+}
+
+runtime::Runtime& runtime::of(Controller& controller) {
+  auto& impl = detail::Access::impl(controller);
+  COX_CHECK_ARG(impl != nullptr, "use of a moved-from cox::Controller");
+  return *impl;
+}
 
 // ---------------------------------------------------------------------------
 // Construction, start-up, shutdown
@@ -204,7 +221,12 @@ void Controller::Impl::shutdown() {
     shutting_down_ = true;
   }
   cv_.notify_all();  // waiters on other threads end now
-  if (engine_) tensor::detach_engine(*engine_);
+  decltype(services_) services;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    services.swap(services_);
+  }
+  for (auto& [key, s] : services) s->on_shutdown();
   if (io_thread_.joinable()) {
     // Ask every live worker to finish its stream and exit.
     std::vector<uint8_t> bye = wire::encode_frame(wire::Shutdown{});

@@ -18,6 +18,7 @@
 
 #include <cox/controller.hpp>
 
+#include "controller/runtime.hpp"
 #include "transport/channel.hpp"
 #include "wire/messages.hpp"
 
@@ -41,13 +42,8 @@
 #include <variant>
 
 namespace cox {
-namespace tensor {
-class Engine;
-// Cuts an engine off its controller (tensor/engine.cpp).
-void detach_engine(Engine& engine);
-}  // namespace tensor
 
-class Controller::Impl {
+class Controller::Impl final : public runtime::Runtime {
  public:
   enum class Mode { kLocal, kAttach };
   using Clock = std::chrono::steady_clock;
@@ -59,7 +55,7 @@ class Controller::Impl {
   void start();
   void shutdown();
 
-  int size() const noexcept { return static_cast<int>(workers_.size()); }
+  int size() const noexcept override { return static_cast<int>(workers_.size()); }
 
   // --- the dispatch path: any thread ---
   // Appends already-encoded frames to a worker's ordered stream. Batched:
@@ -82,7 +78,8 @@ class Controller::Impl {
   // queued (Timeout after send_timeout, WorkerLost for a lost one). Callers
   // that send one message to several workers call it first, outside their
   // own locks, and then add without waiting.
-  void make_room(const std::vector<int>& ranks, const char* what);
+  void make_room(const std::vector<int>& ranks, const char* what) override;
+  void send(const Send* sends, size_t n) override;
 
   // Sends to several workers that wake the I/O thread once, when the batch
   // ends (even by an exception: what was added is sent). Adding never waits
@@ -106,55 +103,50 @@ class Controller::Impl {
   // Like post(), but written at once when the stream is idle: for small
   // requests someone is about to wait on (sync, ping, fetch). These never
   // wait for room: the caller's own wait for the answer has the deadline.
-  void post_now(int rank, const std::vector<uint8_t>& bytes);
+  void post_now(int rank, const std::vector<uint8_t>& bytes) override;
 
   // Streams a tensor to a worker: `put` (its header, with nbytes) and then
   // [data, data+nbytes) in chunks within the frame limit. The bytes are
   // borrowed while `keep` lives; returns the position to wait_sent() for
   // before the caller may change them. Does not wait for room (make_room()).
-  uint64_t post_tensor(int rank, const wire::Put& put, const uint8_t* data, std::shared_ptr<const void> keep);
+  uint64_t post_tensor(int rank, const wire::Put& put, const uint8_t* data, std::shared_ptr<const void> keep) override;
   // Waits until everything posted to `rank` up to `position` is written to
   // its socket (Timeout after send_timeout, naming the bytes pending).
-  void wait_sent(int rank, uint64_t position, const char* what);
+  void wait_sent(int rank, uint64_t position, const char* what) override;
 
   void sync(std::optional<std::chrono::milliseconds> timeout);
   // Waits until every worker in `ranks` has processed everything sent to it.
-  void sync_ranks(const std::vector<int>& ranks, std::optional<std::chrono::milliseconds> timeout);
+  void sync_ranks(const std::vector<int>& ranks, std::optional<std::chrono::milliseconds> timeout) override;
 
   // --- requests and their replies ---
-  // A fetched tensor, whole.
-  struct Fetched {
-    at::Tensor value;
-  };
-  using Reply = std::variant<Fetched, wire::MetaReply, wire::StatsReply, wire::Done, wire::Failed>;
   // A fresh id to put in a request.
-  uint64_t new_request_id() { return ++next_id_; }
+  uint64_t new_request_id() override { return ++next_id_; }
   // The worker's reply to a request (throws WorkerLost or Timeout).
-  Reply wait_reply(int rank, uint64_t request, std::optional<std::chrono::milliseconds> timeout);
+  Reply wait_reply(int rank, uint64_t request, std::optional<std::chrono::milliseconds> timeout) override;
   // Nobody will read this request's reply: drop it now, or when it comes.
-  void forget(int rank, uint64_t request) noexcept;
+  void forget(int rank, uint64_t request) noexcept override;
 
-  // The tensor engine of this controller, created on first use.
-  std::shared_ptr<tensor::Engine> engine();
+  std::shared_ptr<runtime::Service> service(std::string_view key,
+                                            const std::function<std::shared_ptr<runtime::Service>()>& make) override;
   std::chrono::nanoseconds ping(int rank, std::optional<std::chrono::milliseconds> timeout);
 
   // Collectives: the controller is the rendezvous of every communicator.
   // Registers one before its members are told to join: each member sends a
   // blob and, once all have, every member gets every blob; a member lost
   // first makes the rendezvous fail for all, so none waits for ever.
-  void expect_rendezvous(uint64_t comm, const std::vector<int>& ranks);
-  void fail_rendezvous(uint64_t comm, const std::string& why);
-  const ControllerOptions& options() const noexcept { return opts_; }
+  void expect_rendezvous(uint64_t comm, const std::vector<int>& ranks) override;
+  void fail_rendezvous(uint64_t comm, const std::string& why) override;
+  const ControllerOptions& options() const noexcept override { return opts_; }
   // Waits up to `limit` for one of `ranks` to be lost, and throws its
   // WorkerLost if so (a failed collective usually means a peer is going).
-  void await_loss(const std::vector<int>& ranks, std::chrono::milliseconds limit);
+  void await_loss(const std::vector<int>& ranks, std::chrono::milliseconds limit) override;
 
   int64_t worker_pid(int rank) const;
-  std::string device(int rank) const;
-  std::vector<int> lost_workers() const;
+  std::string device(int rank) const override;
+  std::vector<int> lost_workers() const override;
   std::vector<WorkerStatus> status() const;
   // The host a worker's control connection came from ("" for a local one).
-  std::string host(int rank) const;
+  std::string host(int rank) const override;
   AttachInfo attach_info() const;
   // Connections refused during the handshake, and why (newest last).
   std::vector<std::string> rejected_connections() const;
@@ -253,7 +245,7 @@ class Controller::Impl {
   std::exception_ptr first_error_;  // first RemoteError since the last sync
   std::unordered_map<uint64_t, Reply> replies_;
   std::unordered_map<uint64_t, int> forgotten_;  // requests whose reply nobody will read -> rank
-  std::shared_ptr<tensor::Engine> engine_;
+  std::vector<std::pair<std::string, std::shared_ptr<runtime::Service>>> services_;
   std::vector<std::string> rejected_;
   struct Rendezvous {
     std::vector<int> ranks;

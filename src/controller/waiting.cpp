@@ -77,6 +77,11 @@ void Controller::Impl::make_room(const std::vector<int>& ranks, const char* what
   }
 }
 
+void Controller::Impl::send(const Send* sends, size_t n) {
+  Batch batch(*this);
+  for (size_t i = 0; i < n; ++i) batch.add(sends[i].rank, sends[i].data, sends[i].size);
+}
+
 void Controller::Impl::post_now(int rank, const std::vector<uint8_t>& bytes) {
   Worker& w = worker(rank);
   if (w.lost_flag.load(std::memory_order_relaxed)) throw_lost(rank);

@@ -2,6 +2,7 @@
 // checks at the call site, result metadata, and the messages to the workers.
 #include <cox/collectives.hpp>
 
+#include "common/access.hpp"
 #include "common/check.hpp"
 #include "tensor/engine.hpp"
 
@@ -9,6 +10,8 @@
 
 namespace cox {
 namespace tensor {
+
+using detail::Access;
 
 namespace {
 
@@ -47,162 +50,57 @@ std::string dims_string(const std::vector<std::string>& dims) {
 
 }  // namespace
 
-uint64_t Engine::comm_for(const std::vector<int>& ranks) {
-  if (auto it = comms_.find(ranks); it != comms_.end()) return it->second;
-  const uint64_t id = next_comm_++;
-  Controller::Impl& c = impl();
-  wire::CommInit init;
-  init.comm = id;
-  init.timeout_ms = static_cast<uint32_t>(
-      std::min<int64_t>(c.options().collective_timeout.count(), std::numeric_limits<uint32_t>::max()));
-  init.ranks.assign(ranks.begin(), ranks.end());
-  init.hosts.reserve(ranks.size());
-  for (int r : ranks) init.hosts.push_back(c.host(r));
-  c.expect_rendezvous(id, ranks);
-  try {
-    post_all(ranks, wire::encode_frame(init));
-  } catch (const Error& e) {
-    // Members already told must not wait for the rest.
-    c.fail_rendezvous(id, e.what());
-    throw;
-  }
-  comms_.emplace(ranks, id);
-  return id;
-}
-
-// On GPU workers, new groups are split (ncclCommSplit) from one communicator
-// over all workers, made once: no rendezvous per group. Every worker takes
-// part in a split, so it is used only while no worker is lost.
-bool Engine::split_from_world() {
-  Controller::Impl& c = impl();
-  if (c.size() < 2 || !c.lost_workers().empty()) return false;
-  for (int r = 0; r < c.size(); ++r) {
-    if (c.device(r).rfind("cuda", 0) != 0) return false;
-  }
-  return true;
-}
-
-std::vector<uint64_t> Engine::comms_for(const std::vector<std::vector<int>>& groups) {
-  std::vector<uint64_t> ids(groups.size(), 0);
-  std::vector<size_t> missing;
-  for (size_t i = 0; i < groups.size(); ++i) {
-    if (groups[i].size() < 2) continue;
-    if (auto it = comms_.find(groups[i]); it != comms_.end()) {
-      ids[i] = it->second;
-    } else {
-      missing.push_back(i);
-    }
-  }
-  if (missing.empty()) return ids;
-  if (!split_from_world()) {
-    for (size_t i : missing) ids[i] = comm_for(groups[i]);
-    return ids;
-  }
-  Controller::Impl& c = impl();
-  std::vector<int> world(static_cast<size_t>(c.size()));
-  for (int r = 0; r < c.size(); ++r) world[static_cast<size_t>(r)] = r;
-  const uint64_t parent = comm_for(world);
-  // One split makes every missing group that shares no worker with another.
-  while (!missing.empty()) {
-    std::vector<wire::CommInit> inits(world.size());
-    std::vector<size_t> later;
-    for (size_t i : missing) {
-      if (groups[i] == world) {
-        ids[i] = parent;
-        continue;
-      }
-      const bool free = std::all_of(groups[i].begin(), groups[i].end(),
-                                    [&](int r) { return inits[static_cast<size_t>(r)].comm == 0; });
-      if (!free) {
-        later.push_back(i);
-        continue;
-      }
-      ids[i] = next_comm_++;
-      for (int r : groups[i]) {
-        inits[static_cast<size_t>(r)].comm = ids[i];
-        inits[static_cast<size_t>(r)].ranks.assign(groups[i].begin(), groups[i].end());
-      }
-      comms_.emplace(groups[i], ids[i]);
-    }
-    if (std::any_of(inits.begin(), inits.end(), [](const wire::CommInit& m) { return m.comm != 0; })) {
-      const uint32_t timeout_ms = static_cast<uint32_t>(
-          std::min<int64_t>(c.options().collective_timeout.count(), std::numeric_limits<uint32_t>::max()));
-      // Room on every worker first: the split reaches all of them or none.
-      c.make_room(world, "setting up communicators");
-      for (size_t r = 0; r < world.size(); ++r) {
-        inits[r].parent = parent;
-        inits[r].timeout_ms = timeout_ms;
-        post_all({static_cast<int>(r)}, wire::encode_frame(inits[r]));
-      }
-    }
-    missing = std::move(later);
-  }
-  return ids;
-}
-
-const Engine::Groups& Engine::groups(const DeviceMesh& mesh, const std::vector<std::string>& dims) {
-  const Shape& shape = mesh.shape();
-  std::string key = shape.to_string(true);
-  for (const auto& d : dims) {
-    key.push_back('\0');
-    key += d;
-  }
-  if (auto it = groups_.find(key); it != groups_.end()) return it->second;
-  for (size_t i = 0; i < dims.size(); ++i) {
-    COX_CHECK_ARG(shape.has_dim(dims[i]), "mesh {} has no dim '{}'", shape.to_string(), dims[i]);
-    for (size_t j = 0; j < i; ++j) COX_CHECK_ARG(dims[i] != dims[j], "dim '{}' is listed twice", dims[i]);
-  }
-  Groups g;
-  for (const auto& members : shape.groups(dims.empty() ? shape.names() : dims)) {
-    g.members.emplace_back(members.begin(), members.end());
-  }
-  g.comms = comms_for(g.members);
-  return groups_.emplace(std::move(key), std::move(g)).first->second;
-}
-
 Tensor Engine::collective(const Tensor& t, const std::vector<std::string>& dims, wire::Collective proto,
                           const std::optional<Meta>& out) {
-  const Meta& in = t.impl()->meta();
-  std::lock_guard<std::recursive_mutex> lk(mu_);
-  const Groups& g = groups(t.mesh(), dims);
+  const auto& in_impl = Access::impl(t);
+  const Meta& in = in_impl->meta();
   std::shared_ptr<TensorImpl> result;
   if (out) {
-    result = std::make_shared<TensorImpl>(t.mesh(), next_tensor_id_++);
+    result = std::make_shared<TensorImpl>(t.mesh(), new_tensor_id());
     result->known = *out;
     proto.out = result->id;
   }
-  proto.in = t.impl()->id;
+  proto.in = in_impl->id;
   proto.dtype = static_cast<uint8_t>(in.dtype);
   proto.sizes.assign(in.sizes.begin(), in.sizes.end());
+  rt().make_room(Access::info(t.mesh())->ranks, "sending work");
+  // One global order of collectives (and of their communicators' set-up):
+  // any two workers meet the collectives they share in the same order.
+  std::lock_guard<std::mutex> lk(order_mu_);
+  runtime::Runtime& rt = this->rt();
+  const CommRegistry::Groups& g = comms_.groups(rt, t.mesh().shape(), dims);
   std::vector<uint8_t> frame;
   for (size_t i = 0; i < g.members.size(); ++i) {
     proto.comm = g.comms[i];
-    frame.clear();
     // comm 0: a group of one, where the result is a copy of the input.
     if (proto.comm == 0 && !out) continue;
+    frame.clear();
     wire::encode_frame(proto, frame);
-    post_all(g.members[i], frame);
+    send_all(rt, g.members[i], frame);
   }
-  return result ? Tensor(std::move(result)) : t;
+  return result ? Access::tensor(std::move(result)) : t;
 }
 
 void Engine::barrier(const DeviceMesh& mesh, const std::vector<std::string>& dims) {
-  std::lock_guard<std::recursive_mutex> lk(mu_);
-  const Groups& g = groups(mesh, dims);
+  rt().make_room(Access::info(mesh)->ranks, "sending work");
+  std::lock_guard<std::mutex> lk(order_mu_);
+  runtime::Runtime& rt = this->rt();
+  const CommRegistry::Groups& g = comms_.groups(rt, mesh.shape(), dims);
   wire::Collective proto;
   proto.kind = wire::CollectiveKind::kBarrier;
   for (size_t i = 0; i < g.members.size(); ++i) {
     if (g.comms[i] == 0) continue;
     proto.comm = g.comms[i];
-    post_all(g.members[i], wire::encode_frame(proto));
+    send_all(rt, g.members[i], wire::encode_frame(proto));
   }
 }
 
 Tensor Engine::transfer(const Tensor& t, const DeviceMesh& dst, const std::vector<int64_t>& sources) {
   const DeviceMesh& src_mesh = t.mesh();
-  COX_CHECK_ARG(dst.engine() == src_mesh.engine(), "send_recv: the destination mesh belongs to another controller");
-  const auto& src_ranks = src_mesh.info()->ranks;
-  const auto& dst_ranks = dst.info()->ranks;
+  COX_CHECK_ARG(Access::engine(dst) == Access::engine(src_mesh),
+                "send_recv: the destination mesh belongs to another controller");
+  const auto& src_ranks = Access::info(src_mesh)->ranks;
+  const auto& dst_ranks = Access::info(dst)->ranks;
   COX_CHECK_ARG(sources.size() == dst_ranks.size(), "send_recv: {} sources for a destination mesh {} of {} workers",
                 sources.size(), dst.shape().to_string(), dst_ranks.size());
   for (size_t j = 0; j < sources.size(); ++j) {
@@ -210,13 +108,19 @@ Tensor Engine::transfer(const Tensor& t, const DeviceMesh& dst, const std::vecto
                   "send_recv: source {} (for destination {}) is outside the source mesh {} of {} workers", sources[j],
                   j, src_mesh.shape().to_string(), src_ranks.size());
   }
-  const Meta& in = t.impl()->meta();
+  const auto& in_impl = Access::impl(t);
+  const Meta& in = in_impl->meta();
   COX_CHECK_ARG(collective_dtype(in.dtype) || in.dtype == at::kBool || in.dtype == at::kShort,
                 "send_recv: tensors of dtype {} cannot move between workers", c10::toString(in.dtype));
 
-  std::lock_guard<std::recursive_mutex> lk(mu_);
-  auto out = std::make_shared<TensorImpl>(dst, next_tensor_id_++);
+  auto out = std::make_shared<TensorImpl>(dst, new_tensor_id());
   out->known = contiguous_meta(in.dtype, in.sizes);
+  std::vector<int> involved(src_ranks);
+  involved.insert(involved.end(), dst_ranks.begin(), dst_ranks.end());
+  rt().make_room(involved, "sending work");
+
+  std::lock_guard<std::mutex> lk(order_mu_);
+  runtime::Runtime& rt = this->rt();
   // One message per worker involved, with everything it sends and receives.
   std::map<int, wire::Transfer> msgs;
   const uint64_t tag = next_transfer_++;
@@ -233,24 +137,27 @@ Tensor Engine::transfer(const Tensor& t, const DeviceMesh& dst, const std::vecto
     const int from = src_ranks[static_cast<size_t>(sources[j])];
     const int to = dst_ranks[j];
     wire::Transfer& s = msg(from);
-    s.src = t.impl()->id;
+    s.src = in_impl->id;
     wire::Transfer& r = msg(to);
     r.out = out->id;
     if (from == to) continue;  // recv_comm 0: the worker keeps its own shard
     const std::vector<int> pair{std::min(from, to), std::max(from, to)};
-    const uint64_t comm = comms_for({pair})[0];
+    const uint64_t comm = comms_.comms_for(rt, {pair})[0];
     s.sends.push_back({comm, to == pair[0] ? 0 : 1});
     r.recv_comm = comm;
     r.recv_peer = from == pair[0] ? 0 : 1;
   }
-  Controller::Impl::Batch batch(impl());
-  std::vector<uint8_t> frame;
+  std::vector<std::vector<uint8_t>> frames;
+  std::vector<runtime::Runtime::Send> sends;
+  frames.reserve(msgs.size());
+  for (auto& [rank, m] : msgs) frames.push_back(wire::encode_frame(m));
+  size_t i = 0;
   for (auto& [rank, m] : msgs) {
-    frame.clear();
-    wire::encode_frame(m, frame);
-    batch.add(rank, frame.data(), frame.size());
+    sends.push_back({rank, frames[i].data(), frames[i].size()});
+    ++i;
   }
-  return Tensor(std::move(out));
+  rt.send(sends.data(), sends.size());
+  return Access::tensor(std::move(out));
 }
 
 }  // namespace tensor
@@ -258,13 +165,15 @@ Tensor Engine::transfer(const Tensor& t, const DeviceMesh& dst, const std::vecto
 // ---------------------------------------------------------------------------
 // The public functions
 
+using detail::Access;
+
 namespace {
 
 using tensor::Meta;
 
 const tensor::TensorImpl& checked(const Tensor& t, const char* what) {
   COX_CHECK_ARG(t.defined(), "{}: the tensor is undefined", what);
-  return *t.impl();
+  return *Access::impl(t);
 }
 
 int64_t group_size(const Tensor& t, const Dims& dims) {
@@ -279,7 +188,7 @@ int64_t group_size(const Tensor& t, const Dims& dims) {
 }
 
 const Meta& checked_meta(const Tensor& t, const char* what) {
-  const Meta& m = t.impl()->meta();
+  const Meta& m = Access::impl(t)->meta();
   COX_CHECK_ARG(tensor::collective_dtype(m.dtype), "{}: tensors of dtype {} are not supported by collectives", what,
                 c10::toString(m.dtype));
   return m;
@@ -307,14 +216,14 @@ Tensor all_reduce(const Tensor& t, const Dims& dims, Reduce op) {
   const Meta& m = checked_meta(t, "all_reduce");
   group_size(t, dims);
   auto c = proto(wire::CollectiveKind::kAllReduce, op);
-  return t.mesh().engine()->collective(t, dims, c, tensor::contiguous_meta(m.dtype, m.sizes));
+  return Access::engine(t.mesh())->collective(t, dims, c, tensor::contiguous_meta(m.dtype, m.sizes));
 }
 
 Tensor& all_reduce_(Tensor& t, const Dims& dims, Reduce op) {
   checked(t, "all_reduce_");
   checked_meta(t, "all_reduce_");
   group_size(t, dims);
-  t.mesh().engine()->collective(t, dims, proto(wire::CollectiveKind::kAllReduce, op), std::nullopt);
+  Access::engine(t.mesh())->collective(t, dims, proto(wire::CollectiveKind::kAllReduce, op), std::nullopt);
   return t;
 }
 
@@ -331,7 +240,7 @@ Tensor reduce_scatter(const Tensor& t, const Dims& dims, Reduce op, int64_t dim)
   sizes[d] /= n;
   auto c = proto(wire::CollectiveKind::kReduceScatter, op);
   c.a = d;
-  return t.mesh().engine()->collective(t, dims, c, tensor::contiguous_meta(m.dtype, sizes));
+  return Access::engine(t.mesh())->collective(t, dims, c, tensor::contiguous_meta(m.dtype, sizes));
 }
 
 Tensor all_gather(const Tensor& t, const Dims& dims, int64_t dim) {
@@ -343,7 +252,7 @@ Tensor all_gather(const Tensor& t, const Dims& dims, int64_t dim) {
   sizes[d] *= n;
   auto c = proto(wire::CollectiveKind::kAllGather, Reduce::Sum);
   c.a = d;
-  return t.mesh().engine()->collective(t, dims, c, tensor::contiguous_meta(m.dtype, sizes));
+  return Access::engine(t.mesh())->collective(t, dims, c, tensor::contiguous_meta(m.dtype, sizes));
 }
 
 Tensor all_to_all(const Tensor& t, const Dims& dims, int64_t split_dim, int64_t concat_dim) {
@@ -362,7 +271,7 @@ Tensor all_to_all(const Tensor& t, const Dims& dims, int64_t split_dim, int64_t 
   auto c = proto(wire::CollectiveKind::kAllToAll, Reduce::Sum);
   c.a = s;
   c.b = k;
-  return t.mesh().engine()->collective(t, dims, c, tensor::contiguous_meta(m.dtype, sizes));
+  return Access::engine(t.mesh())->collective(t, dims, c, tensor::contiguous_meta(m.dtype, sizes));
 }
 
 Tensor broadcast(const Tensor& t, const Dims& dims, int64_t root) {
@@ -373,17 +282,17 @@ Tensor broadcast(const Tensor& t, const Dims& dims, int64_t root) {
                 tensor::dims_string(dims), t.mesh().shape().to_string(), root, n);
   auto c = proto(wire::CollectiveKind::kBroadcast, Reduce::Sum);
   c.a = root;
-  return t.mesh().engine()->collective(t, dims, c, tensor::contiguous_meta(m.dtype, m.sizes));
+  return Access::engine(t.mesh())->collective(t, dims, c, tensor::contiguous_meta(m.dtype, m.sizes));
 }
 
 void barrier(const DeviceMesh& mesh, const Dims& dims) {
-  COX_CHECK_ARG(mesh.engine() != nullptr, "barrier: the mesh has no controller");
-  mesh.engine()->barrier(mesh, dims);
+  COX_CHECK_ARG(Access::engine(mesh) != nullptr, "barrier: the mesh has no controller");
+  Access::engine(mesh)->barrier(mesh, dims);
 }
 
 Tensor send_recv(const Tensor& t, const DeviceMesh& dst, const std::vector<int64_t>& sources) {
   checked(t, "send_recv");
-  return t.mesh().engine()->transfer(t, dst, sources);
+  return Access::engine(t.mesh())->transfer(t, dst, sources);
 }
 
 Tensor Tensor::to_mesh(const DeviceMesh& dst) const {
@@ -395,7 +304,7 @@ Tensor Tensor::to_mesh(const DeviceMesh& dst) const {
                 to.to_string(), from.to_string(), fmt::join(to.sizes(), ", "), fmt::join(from.sizes(), ", "));
   std::vector<int64_t> sources(static_cast<size_t>(to.size()));
   for (size_t j = 0; j < sources.size(); ++j) sources[j] = static_cast<int64_t>(j);
-  return mesh().engine()->transfer(*this, dst, sources);
+  return Access::engine(mesh())->transfer(*this, dst, sources);
 }
 
 }  // namespace cox

@@ -1,6 +1,7 @@
 // The public tensor API: meshes, handles, typed ops, creation, fetch.
 #include <cox/tensor.hpp>
 
+#include "common/access.hpp"
 #include "common/check.hpp"
 #include "tensor/engine.hpp"
 
@@ -8,6 +9,7 @@
 
 namespace cox {
 
+using detail::Access;
 using tensor::Engine;
 using tensor::intern_op;
 using tensor::MeshInfo;
@@ -15,6 +17,9 @@ using tensor::OpInfo;
 using tensor::TensorImpl;
 
 namespace {
+
+const std::shared_ptr<Engine>& engine_of(const DeviceMesh& mesh) { return Access::engine(mesh); }
+const std::shared_ptr<const MeshInfo>& info_of(const DeviceMesh& mesh) { return Access::info(mesh); }
 
 // Resolves an op once per call site.
 #define COX_OP(name, overload)                                   \
@@ -43,12 +48,12 @@ Tensor first(std::vector<Tensor> outs) {
 }
 
 Tensor op1(const DeviceMesh& mesh, const OpInfo& op, std::initializer_list<Arg> args) {
-  return first(mesh.engine()->call(mesh, op, args.begin(), args.size()));
+  return first(Access::engine(mesh)->call(mesh, op, args.begin(), args.size()));
 }
 
 // For ops whose first argument is a tensor: the op runs on its mesh.
 Tensor op1(const OpInfo& op, std::initializer_list<Arg> args) {
-  const auto* t = std::get_if<std::shared_ptr<TensorImpl>>(&args.begin()->value());
+  const auto* t = std::get_if<std::shared_ptr<TensorImpl>>(&Access::value(*args.begin()));
   COX_CHECK_ARG(t && *t, "{}: the input tensor is undefined", op.qualified);
   return op1((*t)->mesh, op, args);
 }
@@ -95,7 +100,7 @@ DeviceMesh Controller::mesh(const std::vector<std::pair<std::string, int64_t>>& 
   Shape s(dims);
   COX_CHECK_ARG(s.size() == size(), "mesh {} has {} ranks but the controller has {} workers", s.to_string(), s.size(),
                 size());
-  return DeviceMesh(impl_->engine(), make_info(std::move(s)));
+  return Access::mesh(Engine::of(runtime::of(*this)), make_info(std::move(s)));
 }
 
 // ---------------------------------------------------------------------------
@@ -148,11 +153,11 @@ at::Tensor TensorFuture::get(std::optional<std::chrono::milliseconds> timeout) {
 // ---------------------------------------------------------------------------
 // Tensor
 
-Arg::Arg(const Tensor& t) : v_(t.defined() ? Value(t.impl()) : Value(None{})) {}
+Arg::Arg(const Tensor& t) : v_(t.defined() ? Value(Access::impl(t)) : Value(None{})) {}
 Arg::Arg(std::vector<Tensor> ts) {
   std::vector<std::shared_ptr<TensorImpl>> impls;
   impls.reserve(ts.size());
-  for (auto& t : ts) impls.push_back(t.impl());
+  for (auto& t : ts) impls.push_back(Access::impl(t));
   v_ = std::move(impls);
 }
 
@@ -193,16 +198,16 @@ at::Tensor Tensor::meta() const {
 
 TensorFuture Tensor::fetch(const NamedCoord& coord) const {
   const int rank = static_cast<int>(mesh().shape().rank_of(coord));
-  return TensorFuture(mesh().engine(), mesh().engine()->fetch(rank, impl_->id), rank);
+  return Access::future(engine_of(mesh()), engine_of(mesh())->fetch(rank, impl_->id), rank);
 }
 TensorFuture Tensor::fetch(const Coord& coord) const {
   const int rank = static_cast<int>(mesh().shape().rank_of(coord));
-  return TensorFuture(mesh().engine(), mesh().engine()->fetch(rank, impl_->id), rank);
+  return Access::future(engine_of(mesh()), engine_of(mesh())->fetch(rank, impl_->id), rank);
 }
 std::vector<at::Tensor> Tensor::fetch_all(std::optional<std::chrono::milliseconds> timeout) const {
   std::vector<TensorFuture> futures;
-  for (int rank : mesh().info()->ranks) {
-    futures.emplace_back(mesh().engine(), mesh().engine()->fetch(rank, checked().id), rank);
+  for (int rank : info_of(mesh())->ranks) {
+    futures.push_back(Access::future(engine_of(mesh()), engine_of(mesh())->fetch(rank, checked().id), rank));
   }
   std::vector<at::Tensor> out;
   for (auto& f : futures) out.push_back(f.get(timeout));
@@ -211,8 +216,8 @@ std::vector<at::Tensor> Tensor::fetch_all(std::optional<std::chrono::millisecond
 
 template <class T>
 T Tensor::item() const {
-  const int rank = mesh().info()->ranks.front();
-  at::Tensor v = TensorFuture(mesh().engine(), mesh().engine()->fetch(rank, checked().id), rank).get();
+  const int rank = info_of(mesh())->ranks.front();
+  at::Tensor v = Access::future(engine_of(mesh()), engine_of(mesh())->fetch(rank, checked().id), rank).get();
   COX_CHECK_ARG(v.numel() == 1, "item(): the tensor has {} elements, not 1", v.numel());
   return v.item<T>();
 }
@@ -221,8 +226,8 @@ template COX_API double Tensor::item<double>() const;
 template COX_API int64_t Tensor::item<int64_t>() const;
 template COX_API bool Tensor::item<bool>() const;
 
-void Tensor::backward(const Tensor& grad) const { mesh().engine()->backward(*this, grad); }
-Tensor Tensor::grad() const { return mesh().engine()->grad(*this); }
+void Tensor::backward(const Tensor& grad) const { engine_of(mesh())->backward(*this, grad); }
+Tensor Tensor::grad() const { return engine_of(mesh())->grad(*this); }
 Tensor& Tensor::requires_grad_(bool enabled) {
   op1(COX_OP("aten::requires_grad_", ""), {*this, enabled});
   return *this;
@@ -255,7 +260,7 @@ Tensor Tensor::mean(std::vector<int64_t> dims, bool keepdim) const {
 Tensor Tensor::max() const { return op1(COX_OP("aten::max", ""), {*this}); }
 std::pair<Tensor, Tensor> Tensor::max(int64_t dim, bool keepdim) const {
   std::initializer_list<Arg> args = {*this, dim, keepdim};
-  auto outs = mesh().engine()->call(mesh(), COX_OP("aten::max", "dim"), args.begin(), args.size());
+  auto outs = engine_of(mesh())->call(mesh(), COX_OP("aten::max", "dim"), args.begin(), args.size());
   return {outs.at(0), outs.at(1)};
 }
 Tensor Tensor::argmax(int64_t dim, bool keepdim) const { return op1(COX_OP("aten::argmax", ""), {*this, dim, keepdim}); }
@@ -337,13 +342,14 @@ Tensor operator-(const Tensor& a) { return a.neg(); }
 
 std::vector<Tensor> call_op(const DeviceMesh& mesh, const std::string& name, const std::string& overload,
                             const std::vector<Arg>& args) {
-  return mesh.engine()->call(mesh, intern_op(name, overload), args.data(), args.size());
+  return engine_of(mesh)->call(mesh, intern_op(name, overload), args.data(), args.size());
 }
 
 std::vector<Tensor> call_op(const std::string& name, const std::string& overload, const std::vector<Arg>& args) {
   for (const Arg& a : args) {
-    if (auto t = std::get_if<std::shared_ptr<TensorImpl>>(&a.value()); t && *t) return call_op((*t)->mesh, name, overload, args);
-    if (auto l = std::get_if<std::vector<std::shared_ptr<TensorImpl>>>(&a.value()); l && !l->empty() && l->front()) {
+    const auto& v = Access::value(a);
+    if (auto t = std::get_if<std::shared_ptr<TensorImpl>>(&v); t && *t) return call_op((*t)->mesh, name, overload, args);
+    if (auto l = std::get_if<std::vector<std::shared_ptr<TensorImpl>>>(&v); l && !l->empty() && l->front()) {
       return call_op(l->front()->mesh, name, overload, args);
     }
   }
@@ -377,13 +383,13 @@ Tensor arange(const DeviceMesh& mesh, int64_t end, TensorOptions o) {
 Tensor coordinate(const DeviceMesh& mesh, std::string_view dim) {
   const size_t d = mesh.shape().index_of(dim);
   std::vector<at::Tensor> values;
-  for (int rank : mesh.info()->ranks) values.push_back(at::scalar_tensor(mesh.shape().coord_of(rank)[d], at::kLong));
-  return mesh.engine()->put(mesh, values, false);
+  for (int rank : info_of(mesh)->ranks) values.push_back(at::scalar_tensor(mesh.shape().coord_of(rank)[d], at::kLong));
+  return engine_of(mesh)->put(mesh, values, false);
 }
 
 Tensor from_local(const DeviceMesh& mesh, const at::Tensor& value, bool requires_grad) {
   COX_CHECK_ARG(value.defined(), "from_local: the tensor is undefined");
-  return mesh.engine()->put(mesh, {value}, requires_grad);
+  return engine_of(mesh)->put(mesh, {value}, requires_grad);
 }
 
 Tensor scatter(const DeviceMesh& mesh, const at::Tensor& value, int64_t tensor_dim, std::string_view mesh_dim) {
@@ -399,8 +405,8 @@ Tensor scatter(const DeviceMesh& mesh, const at::Tensor& value, int64_t tensor_d
                 value.size(tensor_dim), tensor_dim, parts, mesh_dim);
   auto chunks = value.chunk(parts, tensor_dim);
   std::vector<at::Tensor> values;
-  for (int rank : mesh.info()->ranks) values.push_back(chunks[static_cast<size_t>(mesh.shape().coord_of(rank)[d])]);
-  return mesh.engine()->put(mesh, values, false);
+  for (int rank : info_of(mesh)->ranks) values.push_back(chunks[static_cast<size_t>(mesh.shape().coord_of(rank)[d])]);
+  return engine_of(mesh)->put(mesh, values, false);
 }
 
 Tensor relu(const Tensor& x) { return op1(COX_OP("aten::relu", ""), {x}); }
@@ -437,17 +443,17 @@ Tensor nll_loss(const Tensor& log_probs, const Tensor& target) {
 }
 Tensor mse_loss(const Tensor& x, const Tensor& target) { return op1(COX_OP("aten::mse_loss", ""), {x, target}); }
 
-NoGradGuard::NoGradGuard(const DeviceMesh& mesh) : mesh_(mesh), previous_(mesh.engine()->set_grad_mode(false)) {}
+NoGradGuard::NoGradGuard(const DeviceMesh& mesh) : mesh_(mesh), previous_(engine_of(mesh)->set_grad_mode(false)) {}
 NoGradGuard::~NoGradGuard() {
   try {
-    mesh_.engine()->set_grad_mode(previous_);
+    engine_of(mesh_)->set_grad_mode(previous_);
   } catch (...) {
   }
 }
 
 std::vector<Tensor> call_remote(const DeviceMesh& mesh, const std::string& name, const std::vector<Tensor>& inputs,
                                 const std::vector<double>& scalars) {
-  return mesh.engine()->call_remote(mesh, name, inputs, scalars);
+  return engine_of(mesh)->call_remote(mesh, name, inputs, scalars);
 }
 
 }  // namespace cox

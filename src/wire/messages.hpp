@@ -98,7 +98,7 @@ COX_WIRE_ENUM(CollectiveKind, 1, 6);
 using Nonce = std::array<uint8_t, 32>;
 using Mac = std::array<uint8_t, 32>;
 
-// A tensor's metadata as it travels (tensor::Meta converts).
+// A tensor's metadata as it travels (wire::Meta converts).
 struct TensorMeta {
   uint8_t dtype = 0;  // at::ScalarType
   std::vector<int64_t> sizes, strides;
@@ -241,8 +241,8 @@ struct DefineOp {  // op id -> aten name and overload
   static void visit(S& s, V& v) { v(s.op, "op"), v(s.name, "name"), v(s.overload, "overload"); }
 };
 
-// Run an op. The engine writes it field by field (tensor/engine.cpp,
-// write_op_*), in this layout: outs are ids (0 for an output that is an
+// Run an op. The engine writes it field by field (tensor/op_encoder.cpp
+// and Engine::call), in this layout: outs are ids (0 for an output that is an
 // input written in place); meta_request (0: none) asks `reporter` to answer
 // with the outputs' metadata.
 struct Op {

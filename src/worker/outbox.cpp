@@ -1,7 +1,7 @@
 // Streaming a fetched tensor to the controller.
 #include "worker/outbox.hpp"
 
-#include "tensor/meta.hpp"
+#include "wire/meta.hpp"
 
 #include <fmt/format.h>
 
@@ -17,7 +17,7 @@ constexpr uint64_t kCopyBytes = uint64_t{1} << 20;
 void Outbox::send_tensor(uint64_t request, const at::Tensor& host, Hold hold) {
   wire::FetchReply head;
   head.request = request;
-  head.meta = tensor::Meta::of(host).to_wire();
+  head.meta = wire::Meta::of(host).to_wire();
   head.nbytes = host.nbytes();
   const auto* data = static_cast<const uint8_t*>(host.data_ptr());
   const size_t chunk = wire::chunk_bytes(channel_.max_frame());

@@ -4,7 +4,7 @@
 #include <cox/remote.hpp>
 
 #include "common/check.hpp"
-#include "tensor/meta.hpp"
+#include "wire/meta.hpp"
 
 #ifdef COX_HAVE_NCCL
 #include "collectives/nccl.hpp"
@@ -383,7 +383,7 @@ void Tensors::reply_error(uint64_t request, const Failure& f) { out_.send_now(er
 void Tensors::reply_metas(uint64_t request, const std::vector<at::Tensor>& outs) {
   wire::MetaReply rep;
   rep.request = request;
-  for (const auto& t : outs) rep.metas.push_back(tensor::Meta::of(t).to_wire());
+  for (const auto& t : outs) rep.metas.push_back(wire::Meta::of(t).to_wire());
   out_.send_now(rep);
 }
 

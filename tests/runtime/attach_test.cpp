@@ -166,7 +166,7 @@ TEST_CASE("unauthenticated peers are cut off before anything they send is read",
   ctl.sync();
   REQUIRE(oversized_closed);
   REQUIRE(forged_closed);
-  auto rejected = ctl.impl().rejected_connections();
+  auto rejected = impl_of(ctl).rejected_connections();
   REQUIRE(rejected.size() == 2);
   REQUIRE_THAT(rejected[0], Catch::Contains("handshake frame of 1048576 bytes"));
   REQUIRE_THAT(rejected[1], Catch::Contains("authentication failed"));

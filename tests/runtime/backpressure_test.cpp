@@ -123,7 +123,7 @@ TEST_CASE("a slow reader holds back only the thread issuing work", "[backpressur
   // heartbeats go on), and nothing is dropped.
   Tensor acc = from_local(mesh, at::zeros({int64_t{1} << 17}));
   for (int i = 0; i < 256; ++i) acc = acc + from_local(mesh, at::ones({int64_t{1} << 17}));
-  REQUIRE(ctl.impl().pending_bytes(0) <= opts.send_buffer_bytes + (size_t{1} << 20));
+  REQUIRE(impl_of(ctl).pending_bytes(0) <= opts.send_buffer_bytes + (size_t{1} << 20));
   REQUIRE(at::equal(acc.fetch({0}).get(60000ms), at::full({int64_t{1} << 17}, 256.0)));
   REQUIRE(ctl.lost_workers().empty());
 }
@@ -152,9 +152,9 @@ TEST_CASE("a worker paused under multi-GiB traffic carries on when resumed", "[b
   });
   // Pause the worker once the traffic is under way, and resume it once the
   // controller has a backlog for it.
-  REQUIRE(eventually([&] { return done || ctl.impl().pending_bytes(0) > 0; }, 30000ms));
+  REQUIRE(eventually([&] { return done || impl_of(ctl).pending_bytes(0) > 0; }, 30000ms));
   ::kill(pid, SIGSTOP);
-  const bool backlog = eventually([&] { return done || ctl.impl().pending_bytes(0) > (size_t{32} << 20); }, 5000ms);
+  const bool backlog = eventually([&] { return done || impl_of(ctl).pending_bytes(0) > (size_t{32} << 20); }, 5000ms);
   ::kill(pid, SIGCONT);
   traffic.join();
   REQUIRE(backlog);

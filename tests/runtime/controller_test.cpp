@@ -58,7 +58,7 @@ TEST_CASE("sync rethrows the first remote error once, naming rank and op", "[con
   Controller ctl = Controller::local(local_options(3));
   post(ctl, 1, wire::Raise{"first failure"});
   // Worker 2 fails only once worker 1's error is in.
-  REQUIRE(eventually([&] { return ctl.impl().has_remote_error(); }));
+  REQUIRE(eventually([&] { return impl_of(ctl).has_remote_error(); }));
   post(ctl, 2, wire::Raise{"second failure"});
   try {
     ctl.sync();
@@ -75,7 +75,7 @@ TEST_CASE("sync rethrows the first remote error once, naming rank and op", "[con
 TEST_CASE("messages arrive in order under load", "[controller][order]") {
   const int n = GENERATE(1, 4);
   Controller ctl = Controller::local(local_options(n));
-  auto& impl = ctl.impl();
+  auto& impl = impl_of(ctl);
   std::vector<uint8_t> frame;
   const uint64_t total = 300000;
   for (uint64_t i = 0; i < total; ++i) {

@@ -212,7 +212,7 @@ TEST_CASE("a link cut during a transfer ends the transfer with WorkerLost", "[mu
       other = std::current_exception();
     }
   });
-  const bool pending = eventually([&] { return ctl.impl().pending_bytes(2) > 0; }, 20000ms);
+  const bool pending = eventually([&] { return impl_of(ctl).pending_bytes(2) > 0; }, 20000ms);
   hosts.cut(2);
   sender.join();
   REQUIRE(pending);

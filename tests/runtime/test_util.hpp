@@ -3,6 +3,7 @@
 
 #include <cox/controller.hpp>
 
+#include "common/access.hpp"
 #include "controller/controller_impl.hpp"
 #include "transport/handshake.hpp"
 #include "transport/session_mac.hpp"
@@ -22,6 +23,10 @@
 #include <vector>
 
 namespace cox::test {
+
+// The runtime under a controller, for checks of its internals.
+inline cox::Controller::Impl& impl_of(cox::Controller& ctl) { return *cox::detail::Access::impl(ctl); }
+
 
 using namespace std::chrono_literals;
 
@@ -71,7 +76,7 @@ inline ControllerOptions local_options(int workers) {
 
 template <class M>
 void post(Controller& ctl, int rank, const M& m) {
-  ctl.impl().post(rank, wire::encode_frame(m));
+  impl_of(ctl).post(rank, wire::encode_frame(m));
 }
 
 }  // namespace cox::test

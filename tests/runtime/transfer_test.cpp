@@ -136,7 +136,7 @@ TEST_CASE("replies nobody reads are released", "[transfer][memory]") {
     for (int i = 0; i < 5; ++i) REQUIRE_THROWS_AS(bad.fetch_all(), RemoteError);
   }
   ctl.sync(30000ms);  // every reply is in by now
-  REQUIRE(ctl.impl().held_replies() == 0);
+  REQUIRE(impl_of(ctl).held_replies() == 0);
 }
 
 TEST_CASE("one shard over 4 GiB goes there and back", "[.][transfer][large]") {

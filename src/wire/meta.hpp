@@ -1,5 +1,6 @@
 // Tensor metadata as the controller tracks it and as it travels: dtype,
-// sizes, strides, storage offset.
+// sizes, strides, storage offset (with libtorch types; TensorMeta is its
+// wire form).
 #pragma once
 
 #include "wire/messages.hpp"
@@ -9,7 +10,7 @@
 
 #include <string>
 
-namespace cox::tensor {
+namespace cox::wire {
 
 // What the controller knows of a shard: enough to build a meta tensor.
 struct Meta {
@@ -19,9 +20,9 @@ struct Meta {
 
   static Meta of(const at::Tensor& t);
   at::Tensor to_meta_tensor() const;
-  wire::TensorMeta to_wire() const;
-  static Meta from_wire(const wire::TensorMeta& m);
+  TensorMeta to_wire() const;
+  static Meta from_wire(const TensorMeta& m);
   std::string to_string() const;  // "float[8, 16]"
 };
 
-}  // namespace cox::tensor
+}  // namespace cox::wire

@@ -1,11 +1,11 @@
 // Tensor metadata: conversions and wire layout.
-#include "tensor/meta.hpp"
+#include "wire/meta.hpp"
 
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-namespace cox::tensor {
+namespace cox::wire {
 
 
 Meta Meta::of(const at::Tensor& t) {
@@ -21,8 +21,8 @@ at::Tensor Meta::to_meta_tensor() const {
   return at::empty_strided(sizes, strides, at::TensorOptions().dtype(dtype).device(at::kMeta));
 }
 
-wire::TensorMeta Meta::to_wire() const {
-  wire::TensorMeta m;
+TensorMeta Meta::to_wire() const {
+  TensorMeta m;
   m.dtype = static_cast<uint8_t>(dtype);
   m.sizes.assign(sizes.begin(), sizes.end());
   m.strides.assign(strides.begin(), strides.end());
@@ -30,7 +30,7 @@ wire::TensorMeta Meta::to_wire() const {
   return m;
 }
 
-Meta Meta::from_wire(const wire::TensorMeta& w) {
+Meta Meta::from_wire(const TensorMeta& w) {
   if (w.dtype >= static_cast<uint8_t>(at::ScalarType::NumOptions)) {
     throw ProtocolError(fmt::format("tensor metadata with unknown dtype {}", w.dtype));
   }
@@ -49,4 +49,4 @@ std::string Meta::to_string() const {
   return fmt::format("{}[{}]", c10::toString(dtype), fmt::join(sizes, ", "));
 }
 
-}  // namespace cox::tensor
+}  // namespace cox::wire

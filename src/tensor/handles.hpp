@@ -1,0 +1,63 @@
+// What the public handles point to: a mesh's shape and ranks, a tensor's id
+// and metadata, and metadata a worker will report.
+#pragma once
+
+#include <cox/tensor.hpp>
+
+#include "wire/meta.hpp"
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace cox::tensor {
+
+class Engine;
+using wire::Meta;
+
+struct MeshInfo {
+  Shape shape;
+  std::vector<int> ranks;  // global ranks, row-major over the shape
+};
+
+// Metadata a worker will report, for ops without a meta kernel.
+struct PendingMeta {
+  PendingMeta() = default;
+  PendingMeta(const PendingMeta&) = delete;
+  PendingMeta& operator=(const PendingMeta&) = delete;
+  // A report nobody read (every output died first) is dropped as it comes.
+  ~PendingMeta();
+
+  std::weak_ptr<Engine> engine;  // set when the report is asked for
+  uint64_t request = 0;
+  int rank = -1;
+  std::string cache_key;
+  std::mutex mu;
+  bool resolved = false;
+  std::vector<Meta> metas;
+  std::string error_op, error;  // the op failed on the reporting worker
+};
+
+struct TensorImpl {
+  TensorImpl(DeviceMesh m, uint64_t id) : mesh(std::move(m)), id(id) {}
+  // Queues the freeing of its shards.
+  ~TensorImpl();
+  // Waits for a pending report; throws RemoteError when the op that made
+  // this tensor failed on the reporting worker.
+  const Meta& meta();
+  // The same, but an error value gives nullptr and `upstream` (if unset) its
+  // report: an op that reads it becomes an error value too.
+  const Meta* meta_or_error(std::shared_ptr<PendingMeta>& upstream);
+
+  DeviceMesh mesh;
+  uint64_t id;
+  bool requires_grad = false;
+  std::optional<Meta> known;
+  std::shared_ptr<PendingMeta> pending;
+  uint32_t pending_index = 0;
+};
+
+}  // namespace cox::tensor
