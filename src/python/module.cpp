@@ -11,8 +11,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <optional>
 #include <string>
@@ -554,7 +556,13 @@ PYBIND11_MODULE(coxswain, m) {
       .def("groups", &Shape::groups, py::arg("dims"))
       .def("to_string", &Shape::to_string, py::arg("verbose") = false)
       .def("__str__", [](const Shape& s) { return s.to_string(); })
-      .def("__repr__", [](const Shape& s) { return "Shape(" + s.to_string(true) + ")"; })
+      .def("__repr__",
+           [](const Shape& s) {
+             // Strides and offset only for a view that is not row-major over 0..N-1.
+             std::vector<std::pair<std::string, int64_t>> dims;
+             for (size_t i = 0; i < s.ndim(); ++i) dims.emplace_back(s.names()[i], s.sizes()[i]);
+             return "Shape(" + s.to_string(Shape(dims) != s) + ")";
+           })
       .def("__eq__", [](const Shape& a, const Shape& b) { return a == b; }, py::is_operator())
       .def("__hash__", [](const Shape& s) { return std::hash<std::string>()(s.to_string(true)); });
 
@@ -583,8 +591,14 @@ PYBIND11_MODULE(coxswain, m) {
           py::arg("timeout") = py::none())
       .def("manual_seed", &DeviceMesh::manual_seed, py::arg("seed"), py::arg("per_rank") = false)
       .def("load_library", &DeviceMesh::load_library, py::arg("path"), py::call_guard<py::gil_scoped_release>())
-      .def("live_tensors", [](const DeviceMesh& d, const py::dict& coord) { return d.live_tensors(named_coord(coord)); },
-           py::arg("coord"))
+      .def(
+          "live_tensors",
+          [](const DeviceMesh& d, const py::dict& coord) {
+            const NamedCoord c = named_coord(coord);
+            py::gil_scoped_release release;
+            return d.live_tensors(c);
+          },
+          py::arg("coord"))
       .def("__eq__", [](const DeviceMesh& a, const DeviceMesh& b) { return a == b; }, py::is_operator())
       .def("__repr__", [](const DeviceMesh& d) { return "DeviceMesh(" + d.shape().to_string() + ")"; });
 

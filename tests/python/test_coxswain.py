@@ -108,7 +108,7 @@ def test_worker_lost():
                 cx.all_reduce(x).fetch([0], timeout=30)
         assert e.value.rank == 1 and e.value.reason
         assert 1 in c.lost_workers()
-        assert [s.state for s in c.status()][1] == cx.WorkerStatus.State.Lost
+        assert c.status()[1].state in (cx.WorkerStatus.State.Lost, cx.WorkerStatus.State.Exited)
 
 
 def test_no_worker_outlives_the_interpreter(tmp_path):
@@ -302,26 +302,36 @@ def test_stub_lists_every_option_as_a_keyword():
         assert sorted(a.arg for a in fn.args.kwonlyargs) == fields, fn.name
 
 
-def test_options_callbacks_from_worker_threads():
+def test_options_callbacks_from_worker_threads(tmp_path):
+    # A worker binary that says hello (with a variable worker_env set) first.
+    wrapper = tmp_path / "hello-worker"
+    wrapper.write_text(f'#!/bin/sh\necho "hello from $COX_TEST_HELLO" >&2\nexec {os.path.abspath(WORKER)} "$@"\n')
+    wrapper.chmod(0o755)
     lines = []
-    done = threading.Event()
+    both = threading.Event()
 
     def sink(rank, stream, line):  # on the controller's I/O thread, with the GIL
         lines.append((rank, stream, line))
-        if "from-worker" in line:
-            done.set()
+        if sum(l.startswith("hello from") for _, _, l in lines) == 2:
+            both.set()
 
-    def env(rank):  # called while local() spawns
-        return {"COX_TEST_RANK_VALUE": f"r{rank}"}
+    def env(rank):  # on the I/O thread too, while local() spawns
+        return {"COX_TEST_HELLO": f"r{rank}"}
 
-    with cx.Controller.local(workers=2, device="cpu", output_sink=sink, worker_env=env) as c:
+    with cx.Controller.local(workers=2, device="cpu", worker_path=str(wrapper), output_sink=sink, worker_env=env) as c:
+        assert both.wait(timeout=30)
+        assert sorted((r, s, l) for r, s, l in lines if l.startswith("hello")) == [
+            (0, cx.OutputStream.Stderr, "hello from r0"), (1, cx.OutputStream.Stderr, "hello from r1")]
         status = c.status()
         assert [s.rank for s in status] == [0, 1] and all(s.device == "cpu" for s in status)
         assert all(s.state in (cx.WorkerStatus.State.Idle, cx.WorkerStatus.State.Busy) for s in status)
         assert all(s.pid == c.worker_pid(s.rank) for s in status) and "worker 1" in str(status[1])
         assert c.ping(1, timeout=30) >= 0.0
-    # The sink saw nothing it could not take; no exceptions escaped the I/O thread.
-    assert all(isinstance(l, str) for _, _, l in lines)
+
+
+def test_worker_env_must_return_pairs():
+    with pytest.raises(cx.InvalidArgument, match=r"worker_env\(0\) must return .* got 7"):
+        cx.Controller.local(workers=1, device="cpu", worker_env=lambda rank: 7)
 
 
 def test_fetch_async_and_timeout(ctl):
