@@ -2,9 +2,10 @@
 torch, collectives, errors, and that no worker outlives its interpreter."""
 import ast
 import os
+import re
 import signal
-import threading
 import subprocess
+import threading
 import sys
 import textwrap
 
@@ -371,3 +372,43 @@ def test_table_ops(ctl):
     assert y.add_(ra).mul_(2.0).sub_(ra, alpha=0.5).fill_(3.0).fetch([0, 0]).tolist() == [[3.0] * 3] * 2
     with pytest.raises(cx.InvalidArgument, match="aten::cat"):
         cx.cat([])
+
+
+def _gen_ops():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "src", "ops", "gen_ops.py")
+    spec = importlib.util.spec_from_file_location("gen_ops", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("line, error", [
+    ("method Tensor sin(float x) = aten::sin(self)", "unsupported type 'float'"),
+    ("method Tensor sin() = aten::sin(x)", "unknown name 'x'"),
+    ("method Tensor sin(int64_t dim) = aten::sin(self)", "parameter 'dim' is not passed"),
+    ("function Tensor sin(int64_t dim) = aten::sin(dim)", "needs a tensor parameter"),
+    ("inplace Tensor sin_() = aten::sin_(self)", "returns Tensor&, not 'Tensor'"),
+    ("method Tensor sin(double s = abc) = aten::sin(self, s)", "unsupported default 'abc'"),
+    ("method sin", "expected: KIND RETURN NAME(PARAMS)"),
+])
+def test_op_table_errors_name_the_line(tmp_path, line, error):
+    gen = _gen_ops()
+    table = tmp_path / "ops.def"
+    table.write_text("method Tensor exp() = aten::exp(self)\n" + line + "\n")
+    with pytest.raises(gen.Fail, match=r"ops\.def:2: .*" + re.escape(error)):
+        gen.parse(str(table))
+
+
+def test_op_table_one_line_makes_every_piece(tmp_path):
+    gen = _gen_ops()
+    table = tmp_path / "ops.def"
+    table.write_text("/// Times scale.\nmethod Tensor scaled(double scale = 1) = aten::mul.Scalar(self, scale)\n")
+    ops = gen.parse(str(table))
+    assert "  Tensor scaled(double scale = 1) const;" in gen.gen_declarations(ops, True, "  ")
+    assert 'op1(COX_OP("aten::mul", "Scalar"), {*this, scale})' in gen.gen_definitions(ops)
+    py = gen.gen_python(ops)
+    assert '"scaled"' in py and 'py::arg("scale") = static_cast<double>(1)' in py and '"Times scale."' in py
+    assert gen.stub_def(ops[0], "    ", False) == [
+        "    def scaled(self, scale: float = 1.0) -> Tensor:", '        """Times scale."""']
