@@ -589,7 +589,7 @@ PYBIND11_MODULE(coxswain, m) {
             d.sync(ms(timeout));
           },
           py::arg("timeout") = py::none())
-      .def("manual_seed", &DeviceMesh::manual_seed, py::arg("seed"), py::arg("per_rank") = false)
+      .def("manual_seed", &DeviceMesh::manual_seed, py::arg("seed"), py::arg("per_rank") = false, py::call_guard<py::gil_scoped_release>())
       .def("load_library", &DeviceMesh::load_library, py::arg("path"), py::call_guard<py::gil_scoped_release>())
       .def(
           "live_tensors",
@@ -617,12 +617,21 @@ PYBIND11_MODULE(coxswain, m) {
 
   py::class_<Tensor> tensor(m, "Tensor");
   tensor
-      .def_property_readonly("shape", &Tensor::sizes)
-      .def_property_readonly("dtype", [](const Tensor& t) { return to_torch_dtype(t.dtype()); })
+      // Metadata may wait for a worker's report (ops without a meta kernel).
+      .def_property_readonly("shape", py::cpp_function(&Tensor::sizes, py::call_guard<py::gil_scoped_release>()))
+      .def_property_readonly("dtype",
+                             [](const Tensor& t) {
+                               at::ScalarType dtype;
+                               {
+                                 py::gil_scoped_release release;
+                                 dtype = t.dtype();
+                               }
+                               return to_torch_dtype(dtype);
+                             })
       .def_property_readonly("requires_grad", &Tensor::requires_grad)
       .def_property_readonly("mesh", &Tensor::mesh)
-      .def("dim", &Tensor::dim)
-      .def("numel", &Tensor::numel)
+      .def("dim", &Tensor::dim, py::call_guard<py::gil_scoped_release>())
+      .def("numel", &Tensor::numel, py::call_guard<py::gil_scoped_release>())
       .def("fetch", [](const Tensor& t, const py::object& coord, std::optional<double> timeout) {
              return to_torch(fetch(t, coord, timeout));
            },
@@ -771,6 +780,13 @@ PYBIND11_MODULE(coxswain, m) {
 
   py::class_<NoGrad>(m, "no_grad")
       .def(py::init<DeviceMesh>(), py::arg("mesh"))
-      .def("__enter__", [](NoGrad& g) { g.guard = std::make_unique<NoGradGuard>(g.mesh); })
-      .def("__exit__", [](NoGrad& g, py::args) { g.guard.reset(); });
+      .def("__enter__",
+           [](NoGrad& g) {
+             py::gil_scoped_release release;
+             g.guard = std::make_unique<NoGradGuard>(g.mesh);
+           })
+      .def("__exit__", [](NoGrad& g, py::args) {
+        py::gil_scoped_release release;
+        g.guard.reset();
+      });
 }
