@@ -13,6 +13,8 @@ if(TARGET cox-worker)
   install(TARGETS cox-worker RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 endif()
 install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/cox DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+# The op declarations generated from src/ops/ops.def, which <cox/tensor.hpp> includes.
+install(FILES ${COX_OPS_HEADERS} DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/cox)
 install(EXPORT coxswainTargets NAMESPACE cox:: DESTINATION ${COX_CONFIG_DIR})
 
 configure_package_config_file(${PROJECT_SOURCE_DIR}/cmake/coxswainConfig.cmake.in

@@ -170,64 +170,15 @@ class COX_API Tensor {
   // stage or a tensor-parallel layer does with a gradient it received.
   void backward(const Tensor& grad = Tensor()) const;
   Tensor grad() const;
-  Tensor& requires_grad_(bool enabled = true);
-  Tensor detach() const;
 
   // The same shards on another mesh of the same dim sizes: each worker's
   // shard moves to the worker at the same coordinate of `dst` (a pipeline
   // hop between stages). Not recorded by autograd.
   Tensor to_mesh(const DeviceMesh& dst) const;
 
-  // Arithmetic.
-  Tensor add(const Tensor& o, double alpha = 1) const;
-  Tensor sub(const Tensor& o, double alpha = 1) const;
-  Tensor mul(const Tensor& o) const;
-  Tensor div(const Tensor& o) const;
-  Tensor add(double s) const;
-  Tensor mul(double s) const;
-  Tensor pow(double e) const;
-  Tensor neg() const;
-  Tensor exp() const;
-  Tensor log() const;
-  Tensor sqrt() const;
-  Tensor abs() const;
-  Tensor matmul(const Tensor& o) const;
-  Tensor mm(const Tensor& o) const;
-  Tensor bmm(const Tensor& o) const;
-  // Reductions.
-  Tensor sum() const;
-  Tensor sum(std::vector<int64_t> dims, bool keepdim = false) const;
-  Tensor mean() const;
-  Tensor mean(std::vector<int64_t> dims, bool keepdim = false) const;
-  Tensor max() const;
-  // max over a dim: (values, indices).
-  std::pair<Tensor, Tensor> max(int64_t dim, bool keepdim = false) const;
-  Tensor argmax(int64_t dim, bool keepdim = false) const;
-  // Shapes and views (aliasing as in libtorch).
-  Tensor view(std::vector<int64_t> sizes) const;
-  Tensor reshape(std::vector<int64_t> sizes) const;
-  Tensor transpose(int64_t a, int64_t b) const;
-  Tensor t() const;
-  Tensor permute(std::vector<int64_t> dims) const;
-  Tensor contiguous() const;
-  Tensor narrow(int64_t dim, int64_t start, int64_t length) const;
-  Tensor slice(int64_t dim, int64_t start, int64_t end, int64_t step = 1) const;
-  Tensor select(int64_t dim, int64_t index) const;
-  Tensor unsqueeze(int64_t dim) const;
-  Tensor squeeze(int64_t dim) const;
-  Tensor index_select(int64_t dim, const Tensor& index) const;
-  Tensor to(at::ScalarType dtype) const;
-  Tensor clone() const;
-  // In place; each returns *this.
-  Tensor& add_(const Tensor& o, double alpha = 1);
-  Tensor& add_(double s);
-  Tensor& sub_(const Tensor& o, double alpha = 1);
-  Tensor& mul_(const Tensor& o);
-  Tensor& mul_(double s);
-  Tensor& div_(double s);
-  Tensor& zero_();
-  Tensor& fill_(double v);
-  Tensor& copy_(const Tensor& src);
+  // The typed ops (add, matmul, sum, view, add_, ...): one line each in the
+  // op table src/ops/ops.def, declared from it here.
+#include <cox/tensor_methods.inc>
 
  private:
   friend struct detail::Access;
@@ -277,24 +228,9 @@ COX_API Tensor from_local(const DeviceMesh& mesh, const at::Tensor& value, bool 
 // the workers at index i of `mesh_dim`.
 COX_API Tensor scatter(const DeviceMesh& mesh, const at::Tensor& value, int64_t tensor_dim, std::string_view mesh_dim);
 
-// Functional ops a training loop uses.
-COX_API Tensor relu(const Tensor& x);
-COX_API Tensor gelu(const Tensor& x);
-COX_API Tensor silu(const Tensor& x);
-COX_API Tensor tanh(const Tensor& x);
-COX_API Tensor sigmoid(const Tensor& x);
-COX_API Tensor softmax(const Tensor& x, int64_t dim);
-COX_API Tensor log_softmax(const Tensor& x, int64_t dim);
-COX_API Tensor cat(const std::vector<Tensor>& ts, int64_t dim = 0);
-COX_API Tensor stack(const std::vector<Tensor>& ts, int64_t dim = 0);
-COX_API Tensor embedding(const Tensor& weight, const Tensor& indices);
-COX_API Tensor layer_norm(const Tensor& x, std::vector<int64_t> normalized_shape, const Tensor& weight,
-                          const Tensor& bias, double eps = 1e-5);
-COX_API Tensor dropout(const Tensor& x, double p, bool train);
-COX_API Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
-COX_API Tensor cross_entropy(const Tensor& logits, const Tensor& target);
-COX_API Tensor nll_loss(const Tensor& log_probs, const Tensor& target);
-COX_API Tensor mse_loss(const Tensor& x, const Tensor& target);
+// The typed free functions (relu, softmax, cat, linear, cross_entropy, ...):
+// one line each in the op table src/ops/ops.def, declared from it here.
+#include <cox/tensor_functions.inc>
 
 // Disables gradient recording on every worker of the controller for its
 // lifetime (for optimizer steps).

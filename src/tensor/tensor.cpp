@@ -51,11 +51,32 @@ Tensor op1(const DeviceMesh& mesh, const OpInfo& op, std::initializer_list<Arg> 
   return first(Access::engine(mesh)->call(mesh, op, args.begin(), args.size()));
 }
 
-// For ops whose first argument is a tensor: the op runs on its mesh.
-Tensor op1(const OpInfo& op, std::initializer_list<Arg> args) {
-  const auto* t = std::get_if<std::shared_ptr<TensorImpl>>(&Access::value(*args.begin()));
-  COX_CHECK_ARG(t && *t, "{}: the input tensor is undefined", op.qualified);
-  return op1((*t)->mesh, op, args);
+// The mesh of an op's first tensor argument (a tensor, or the first of a
+// list), where it runs.
+const DeviceMesh& mesh_of(const OpInfo& op, std::initializer_list<Arg> args) {
+  for (const Arg& a : args) {
+    if (const auto* t = std::get_if<std::shared_ptr<TensorImpl>>(&Access::value(a))) {
+      COX_CHECK_ARG(*t != nullptr, "{}: the input tensor is undefined", op.qualified);
+      return (*t)->mesh;
+    }
+    if (const auto* l = std::get_if<std::vector<std::shared_ptr<TensorImpl>>>(&Access::value(a))) {
+      COX_CHECK_ARG(!l->empty() && l->front(), "{}: needs at least one defined tensor", op.qualified);
+      return l->front()->mesh;
+    }
+    COX_CHECK_ARG(!std::holds_alternative<Access::ArgNone>(Access::value(a)), "{}: the input tensor is undefined", op.qualified);
+  }
+  throw InvalidArgument(fmt::format("{}: no tensor argument to take the mesh from", op.qualified));
+}
+
+// For the typed ops (src/ops/ops.def): the op runs on its tensors' mesh.
+Tensor op1(const OpInfo& op, std::initializer_list<Arg> args) { return op1(mesh_of(op, args), op, args); }
+
+// The same, for an op with two outputs.
+std::pair<Tensor, Tensor> op2(const OpInfo& op, std::initializer_list<Arg> args) {
+  const DeviceMesh& mesh = mesh_of(op, args);
+  auto outs = engine_of(mesh)->call(mesh, op, args.begin(), args.size());
+  COX_INTERNAL_ASSERT(outs.size() == 2, "{} returned {} tensors, not 2", op.qualified, outs.size());
+  return {std::move(outs[0]), std::move(outs[1])};
 }
 
 Arg dtype_arg(const TensorOptions& o) { return o.dtype ? Arg(*o.dtype) : Arg(std::nullopt); }
@@ -228,103 +249,8 @@ template COX_API bool Tensor::item<bool>() const;
 
 void Tensor::backward(const Tensor& grad) const { engine_of(mesh())->backward(*this, grad); }
 Tensor Tensor::grad() const { return engine_of(mesh())->grad(*this); }
-Tensor& Tensor::requires_grad_(bool enabled) {
-  op1(COX_OP("aten::requires_grad_", ""), {*this, enabled});
-  return *this;
-}
-Tensor Tensor::detach() const { return op1(COX_OP("aten::detach", ""), {*this}); }
-
-Tensor Tensor::add(const Tensor& o, double alpha) const { return op1(COX_OP("aten::add", "Tensor"), {*this, o, scalar_arg(alpha)}); }
-Tensor Tensor::sub(const Tensor& o, double alpha) const { return op1(COX_OP("aten::sub", "Tensor"), {*this, o, scalar_arg(alpha)}); }
-Tensor Tensor::mul(const Tensor& o) const { return op1(COX_OP("aten::mul", "Tensor"), {*this, o}); }
-Tensor Tensor::div(const Tensor& o) const { return op1(COX_OP("aten::div", "Tensor"), {*this, o}); }
-Tensor Tensor::add(double s) const { return op1(COX_OP("aten::add", "Scalar"), {*this, s}); }
-Tensor Tensor::mul(double s) const { return op1(COX_OP("aten::mul", "Scalar"), {*this, s}); }
-Tensor Tensor::pow(double e) const { return op1(COX_OP("aten::pow", "Tensor_Scalar"), {*this, e}); }
-Tensor Tensor::neg() const { return op1(COX_OP("aten::neg", ""), {*this}); }
-Tensor Tensor::exp() const { return op1(COX_OP("aten::exp", ""), {*this}); }
-Tensor Tensor::log() const { return op1(COX_OP("aten::log", ""), {*this}); }
-Tensor Tensor::sqrt() const { return op1(COX_OP("aten::sqrt", ""), {*this}); }
-Tensor Tensor::abs() const { return op1(COX_OP("aten::abs", ""), {*this}); }
-Tensor Tensor::matmul(const Tensor& o) const { return op1(COX_OP("aten::matmul", ""), {*this, o}); }
-Tensor Tensor::mm(const Tensor& o) const { return op1(COX_OP("aten::mm", ""), {*this, o}); }
-Tensor Tensor::bmm(const Tensor& o) const { return op1(COX_OP("aten::bmm", ""), {*this, o}); }
-Tensor Tensor::sum() const { return op1(COX_OP("aten::sum", ""), {*this}); }
-Tensor Tensor::sum(std::vector<int64_t> dims, bool keepdim) const {
-  return op1(COX_OP("aten::sum", "dim_IntList"), {*this, std::move(dims), keepdim});
-}
-Tensor Tensor::mean() const { return op1(COX_OP("aten::mean", ""), {*this}); }
-Tensor Tensor::mean(std::vector<int64_t> dims, bool keepdim) const {
-  return op1(COX_OP("aten::mean", "dim"), {*this, std::move(dims), keepdim});
-}
-Tensor Tensor::max() const { return op1(COX_OP("aten::max", ""), {*this}); }
-std::pair<Tensor, Tensor> Tensor::max(int64_t dim, bool keepdim) const {
-  std::initializer_list<Arg> args = {*this, dim, keepdim};
-  auto outs = engine_of(mesh())->call(mesh(), COX_OP("aten::max", "dim"), args.begin(), args.size());
-  return {outs.at(0), outs.at(1)};
-}
-Tensor Tensor::argmax(int64_t dim, bool keepdim) const { return op1(COX_OP("aten::argmax", ""), {*this, dim, keepdim}); }
-Tensor Tensor::view(std::vector<int64_t> sizes) const { return op1(COX_OP("aten::view", ""), {*this, std::move(sizes)}); }
-Tensor Tensor::reshape(std::vector<int64_t> sizes) const {
-  return op1(COX_OP("aten::reshape", ""), {*this, std::move(sizes)});
-}
-Tensor Tensor::transpose(int64_t a, int64_t b) const { return op1(COX_OP("aten::transpose", "int"), {*this, a, b}); }
-Tensor Tensor::t() const { return op1(COX_OP("aten::t", ""), {*this}); }
-Tensor Tensor::permute(std::vector<int64_t> dims) const {
-  return op1(COX_OP("aten::permute", ""), {*this, std::move(dims)});
-}
-Tensor Tensor::contiguous() const { return op1(COX_OP("aten::contiguous", ""), {*this}); }
-Tensor Tensor::narrow(int64_t dim, int64_t start, int64_t length) const {
-  return op1(COX_OP("aten::narrow", ""), {*this, dim, start, length});
-}
-Tensor Tensor::slice(int64_t dim, int64_t start, int64_t end, int64_t step) const {
-  return op1(COX_OP("aten::slice", "Tensor"), {*this, dim, start, end, step});
-}
-Tensor Tensor::select(int64_t dim, int64_t index) const { return op1(COX_OP("aten::select", "int"), {*this, dim, index}); }
-Tensor Tensor::unsqueeze(int64_t dim) const { return op1(COX_OP("aten::unsqueeze", ""), {*this, dim}); }
-Tensor Tensor::squeeze(int64_t dim) const { return op1(COX_OP("aten::squeeze", "dim"), {*this, dim}); }
-Tensor Tensor::index_select(int64_t dim, const Tensor& index) const {
-  return op1(COX_OP("aten::index_select", ""), {*this, dim, index});
-}
-Tensor Tensor::to(at::ScalarType dtype) const { return op1(COX_OP("aten::to", "dtype"), {*this, dtype}); }
-Tensor Tensor::clone() const { return op1(COX_OP("aten::clone", ""), {*this}); }
-
-Tensor& Tensor::add_(const Tensor& o, double alpha) {
-  op1(COX_OP("aten::add_", "Tensor"), {*this, o, scalar_arg(alpha)});
-  return *this;
-}
-Tensor& Tensor::add_(double s) {
-  op1(COX_OP("aten::add_", "Scalar"), {*this, s});
-  return *this;
-}
-Tensor& Tensor::sub_(const Tensor& o, double alpha) {
-  op1(COX_OP("aten::sub_", "Tensor"), {*this, o, scalar_arg(alpha)});
-  return *this;
-}
-Tensor& Tensor::mul_(const Tensor& o) {
-  op1(COX_OP("aten::mul_", "Tensor"), {*this, o});
-  return *this;
-}
-Tensor& Tensor::mul_(double s) {
-  op1(COX_OP("aten::mul_", "Scalar"), {*this, s});
-  return *this;
-}
-Tensor& Tensor::div_(double s) {
-  op1(COX_OP("aten::div_", "Scalar"), {*this, s});
-  return *this;
-}
-Tensor& Tensor::zero_() {
-  op1(COX_OP("aten::zero_", ""), {*this});
-  return *this;
-}
-Tensor& Tensor::fill_(double v) {
-  op1(COX_OP("aten::fill_", "Scalar"), {*this, v});
-  return *this;
-}
-Tensor& Tensor::copy_(const Tensor& src) {
-  op1(COX_OP("aten::copy_", ""), {*this, src});
-  return *this;
-}
+// The typed ops, generated from the op table src/ops/ops.def.
+#include "generated/tensor_ops.inc"
 
 Tensor operator+(const Tensor& a, const Tensor& b) { return a.add(b); }
 Tensor operator-(const Tensor& a, const Tensor& b) { return a.sub(b); }
@@ -408,40 +334,6 @@ Tensor scatter(const DeviceMesh& mesh, const at::Tensor& value, int64_t tensor_d
   for (int rank : info_of(mesh)->ranks) values.push_back(chunks[static_cast<size_t>(mesh.shape().coord_of(rank)[d])]);
   return engine_of(mesh)->put(mesh, values, false);
 }
-
-Tensor relu(const Tensor& x) { return op1(COX_OP("aten::relu", ""), {x}); }
-Tensor gelu(const Tensor& x) { return op1(COX_OP("aten::gelu", ""), {x}); }
-Tensor silu(const Tensor& x) { return op1(COX_OP("aten::silu", ""), {x}); }
-Tensor tanh(const Tensor& x) { return op1(COX_OP("aten::tanh", ""), {x}); }
-Tensor sigmoid(const Tensor& x) { return op1(COX_OP("aten::sigmoid", ""), {x}); }
-Tensor softmax(const Tensor& x, int64_t dim) { return op1(COX_OP("aten::softmax", "int"), {x, dim}); }
-Tensor log_softmax(const Tensor& x, int64_t dim) { return op1(COX_OP("aten::log_softmax", "int"), {x, dim}); }
-Tensor cat(const std::vector<Tensor>& ts, int64_t dim) {
-  COX_CHECK_ARG(!ts.empty() && ts.front().defined(), "cat: needs at least one defined tensor");
-  return op1(ts.front().mesh(), COX_OP("aten::cat", ""), {ts, dim});
-}
-Tensor stack(const std::vector<Tensor>& ts, int64_t dim) {
-  COX_CHECK_ARG(!ts.empty() && ts.front().defined(), "stack: needs at least one defined tensor");
-  return op1(ts.front().mesh(), COX_OP("aten::stack", ""), {ts, dim});
-}
-Tensor embedding(const Tensor& weight, const Tensor& indices) {
-  return op1(COX_OP("aten::embedding", ""), {weight, indices});
-}
-Tensor layer_norm(const Tensor& x, std::vector<int64_t> normalized_shape, const Tensor& weight, const Tensor& bias,
-                  double eps) {
-  return op1(COX_OP("aten::layer_norm", ""), {x, std::move(normalized_shape), weight, bias, eps});
-}
-Tensor dropout(const Tensor& x, double p, bool train) { return op1(COX_OP("aten::dropout", ""), {x, p, train}); }
-Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
-  return op1(COX_OP("aten::linear", ""), {x, weight, bias});
-}
-Tensor cross_entropy(const Tensor& logits, const Tensor& target) {
-  return op1(COX_OP("aten::cross_entropy_loss", ""), {logits, target});
-}
-Tensor nll_loss(const Tensor& log_probs, const Tensor& target) {
-  return op1(COX_OP("aten::nll_loss", ""), {log_probs, target});
-}
-Tensor mse_loss(const Tensor& x, const Tensor& target) { return op1(COX_OP("aten::mse_loss", ""), {x, target}); }
 
 NoGradGuard::NoGradGuard(const DeviceMesh& mesh) : mesh_(mesh), previous_(engine_of(mesh)->set_grad_mode(false)) {}
 NoGradGuard::~NoGradGuard() {
