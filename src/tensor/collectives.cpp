@@ -148,17 +148,25 @@ const Engine::Groups& Engine::groups(const DeviceMesh& mesh, const std::vector<s
     key += d;
   }
   if (auto it = groups_.find(key); it != groups_.end()) return it->second;
-  for (size_t i = 0; i < dims.size(); ++i) {
-    COX_CHECK_ARG(shape.has_dim(dims[i]), "mesh {} has no dim '{}'", shape.to_string(), dims[i]);
-    for (size_t j = 0; j < i; ++j) COX_CHECK_ARG(dims[i] != dims[j], "dim '{}' is listed twice", dims[i]);
-  }
   Groups g;
-  for (const auto& members : shape.groups(dims.empty() ? shape.names() : dims)) {
-    g.members.emplace_back(members.begin(), members.end());
-  }
+  for (const auto& members : mesh.groups(dims)) g.members.emplace_back(members.begin(), members.end());
   g.comms = comms_for(g.members);
   return groups_.emplace(std::move(key), std::move(g)).first->second;
 }
+
+}  // namespace tensor
+
+// The one definition of a collective's groups: Engine::groups uses it.
+std::vector<std::vector<int64_t>> DeviceMesh::groups(const std::vector<std::string>& dims) const {
+  const Shape& s = shape();
+  for (size_t i = 0; i < dims.size(); ++i) {
+    COX_CHECK_ARG(s.has_dim(dims[i]), "mesh {} has no dim '{}'", s.to_string(), dims[i]);
+    for (size_t j = 0; j < i; ++j) COX_CHECK_ARG(dims[i] != dims[j], "dim '{}' is listed twice", dims[i]);
+  }
+  return s.groups(dims.empty() ? s.names() : dims);
+}
+
+namespace tensor {
 
 Tensor Engine::collective(const Tensor& t, const std::vector<std::string>& dims, wire::Collective proto,
                           const std::optional<Meta>& out) {
