@@ -2,6 +2,7 @@
 #include "tensor/engine.hpp"
 
 #include "common/check.hpp"
+#include "tensor/checks.hpp"
 
 #include <ATen/ATen.h>
 
@@ -274,7 +275,7 @@ Engine::CacheEntry Engine::infer(const OpInfo& op, const Arg* args, size_t nargs
   }
   CacheEntry entry;
   try {
-    op.handle.callBoxed(stack);
+    call_meta_checked(op.handle, stack);  // the meta run, and what it misses (tensor/checks.cpp)
   } catch (const c10::NotImplementedError&) {
     // No meta kernel: the workers will tell.
     COX_CHECK_ARG(!op.returns_list, "{} has no meta kernel and returns a list of tensors, which is not supported",
