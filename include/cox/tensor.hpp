@@ -14,6 +14,8 @@
 // mesh run on its workers only, in the order the controller issued them. A
 // failing op does not kill its workers: its outputs become error values, ops
 // that read them become errors too, and fetching one throws cox::RemoteError.
+// Each failure is also reported to the controller, and the next sync raises
+// it unless a fetch already has (see DeviceMesh::sync).
 #pragma once
 
 #include <cox/controller.hpp>
@@ -71,6 +73,11 @@ class COX_API DeviceMesh {
   std::vector<std::vector<int64_t>> groups(const std::vector<std::string>& dims = {}) const;
 
   // Waits until every worker of this mesh has run everything issued so far.
+  // Throws as Controller::sync does: the first RemoteError reported since
+  // the last sync that no fetch has raised yet. Fetching a shard of a failed
+  // op's error value (or of anything computed from it) delivers that op's
+  // error for every worker that ran it; a different failing op still
+  // surfaces here.
   void sync(std::optional<std::chrono::milliseconds> timeout = std::nullopt) const;
 
   // Seeds the random generators of this mesh's workers: the same values on

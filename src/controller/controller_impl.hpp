@@ -18,6 +18,7 @@
 
 #include <cox/controller.hpp>
 
+#include "controller/reported_errors.hpp"
 #include "transport/channel.hpp"
 #include "wire/messages.hpp"
 
@@ -166,7 +167,13 @@ class Controller::Impl {
   // Whether a RemoteError is held for the next sync (for tests).
   bool has_remote_error() const {
     std::lock_guard<std::mutex> lk(mu_);
-    return first_error_ != nullptr;
+    return errors_.any();
+  }
+  // A fetch raised the failure of error value `value` (wire::Failed::value):
+  // sync does not raise its reports again (reported_errors.hpp).
+  void error_delivered(uint64_t value) {
+    std::lock_guard<std::mutex> lk(mu_);
+    errors_.delivered(value);
   }
 
  private:
@@ -250,7 +257,7 @@ class Controller::Impl {
   int connected_ = 0;
   bool shutting_down_ = false;
   bool shut_down_ = false;
-  std::exception_ptr first_error_;  // first RemoteError since the last sync
+  ReportedErrors errors_;  // RemoteErrors reported since the last sync, not yet delivered
   std::unordered_map<uint64_t, Reply> replies_;
   std::unordered_map<uint64_t, int> forgotten_;  // requests whose reply nobody will read -> rank
   std::shared_ptr<tensor::Engine> engine_;
