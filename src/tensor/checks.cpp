@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <functional>
 #include <initializer_list>
 #include <stdexcept>
@@ -215,12 +216,12 @@ Rule index_list(std::string_view name) {
   };
 }
 
-// A mask: Bool (Byte is still taken, deprecated).
+// A mask or a condition: Bool (Byte is still taken, deprecated).
 Rule mask(std::string_view name) {
   return [name](const Call& c) {
     const at::Tensor* t = c.tensor(name);
     if (t && t->scalar_type() != at::kBool && t->scalar_type() != at::kByte) {
-      fail(fmt::format("argument '{}' is {}: a mask must be Bool", name, dtype_name(t->scalar_type())));
+      fail(fmt::format("argument '{}' is {}: masks and conditions must be Bool", name, dtype_name(t->scalar_type())));
     }
   };
 }
@@ -395,6 +396,7 @@ const Table& table() {
     add({"index_fill"}, {dim_in_range(), index_tensor("index", {at::kLong})});
     add({"take"}, {index_tensor("index", {at::kLong})});
     add({"masked_fill", "masked_select", "masked_scatter"}, {mask("mask")});
+    add({"where"}, {mask("condition")});
     add({"nll_loss", "nll_loss_nd", "nll_loss2d", "nll_loss_forward"}, {class_target(false)});
     add({"cross_entropy_loss"}, {class_target(true)});
     // Shapes.
@@ -428,15 +430,24 @@ void check(const c10::OperatorHandle& op, const std::vector<Rule>& rules, const 
 
 void call_meta_checked(const c10::OperatorHandle& op, torch::jit::Stack& stack) {
   const std::vector<Rule>* rules = rules_for(op.schema().name());
-  if (!rules) return op.callBoxed(stack);
-  const torch::jit::Stack inputs = stack;  // the call replaces them with its outputs
+  torch::jit::Stack inputs;
+  if (rules) inputs = stack;  // the call replaces them with its outputs
   try {
     op.callBoxed(stack);
   } catch (const c10::NotImplementedError&) {
-    check(op, *rules, inputs);  // no meta kernel: the checks are all there is here
+    if (rules) check(op, *rules, inputs);  // no meta kernel: the checks are all there is here
     throw;
+  } catch (const c10::Error& e) {
+    // Some meta kernels refuse what they cannot work out on meta tensors
+    // (libtorch 1.13's one_hot even with num_classes given: "Can not infer
+    // total number of classes from meta tensor"): no fault of the call, so
+    // it goes as an op without a meta kernel does, and a worker tells.
+    if (std::string_view(e.msg()).find("meta tensor") == std::string_view::npos) throw;
+    if (rules) check(op, *rules, inputs);
+    throw c10::NotImplementedError({__func__, __FILE__, static_cast<uint32_t>(__LINE__)},
+                                   std::string("no usable meta kernel: ") + e.msg());
   }
-  check(op, *rules, inputs);
+  if (rules) check(op, *rules, inputs);
 }
 
 }  // namespace cox::tensor

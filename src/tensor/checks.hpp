@@ -19,8 +19,9 @@ namespace cox::tensor {
 // Runs `op` on the meta tensors of `stack` (op.callBoxed(stack)), then checks
 // the call against the rules of its op: whether the meta run succeeded or
 // found no meta kernel (c10::NotImplementedError, rethrown when the rules
-// pass). A rule that fails throws std::invalid_argument saying which
-// argument is wrong and its value (dtype, sizes, dim).
+// pass). A meta kernel that refuses only because its inputs are meta tensors
+// counts as none. A rule that fails throws std::invalid_argument saying
+// which argument is wrong and its value (dtype, sizes, dim).
 void call_meta_checked(const c10::OperatorHandle& op, torch::jit::Stack& stack);
 
 }  // namespace cox::tensor

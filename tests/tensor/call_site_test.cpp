@@ -100,6 +100,8 @@ std::vector<WrongCall> wrong_calls() {
        [](auto& t, auto&) { call_op("aten::masked_fill", "Scalar", {t.f45, t.f45, 1.0}); }, {"'mask' is Float"}},
       {"call_op masked_select with an int64 mask (no meta kernel)",
        [](auto& t, auto&) { call_op("aten::masked_select", "", {t.f45, t.l45}); }, {"'mask' is Long"}},
+      {"call_op where with a float condition (no meta kernel)",
+       [](auto& t, auto&) { call_op("aten::where", "self", {t.f4, t.f4, t.f4}); }, {"aten::where.self", "'condition' is Float"}},
       {"nll_loss with float targets", [](auto& t, auto&) { nll_loss(t.f45, t.f4); }, {"aten::nll_loss", "'target' is Float"}},
       {"cross_entropy with int32 targets", [](auto& t, auto&) { cross_entropy(t.f45, t.i4); }, {"'target' is Int"}},
       {"cross_entropy with probabilities of the wrong sizes", [](auto& t, auto&) { cross_entropy(t.f45, t.f4); },
@@ -228,5 +230,9 @@ TEST_CASE("correct calls next to each rule still run, with libtorch's results", 
   same(call_op("aten::max", "other", {zeros(m, {0}), zeros(m, {0})})[0], at::zeros({0}));
   same(gelu(ra), at::gelu(a));
   same(call_op("aten::abs", "", {rli.neg()})[0], li);
+  // libtorch 1.13's meta one_hot refuses any call ("from meta tensor"): it
+  // runs as an op without a meta kernel.
+  const at::Tensor classes = at::tensor({0, 3, 1}, at::kLong);
+  same(call_op("aten::one_hot", "", {from_local(m, classes), int64_t{5}})[0], at::one_hot(classes, 5));
   m.sync(60000ms);
 }
