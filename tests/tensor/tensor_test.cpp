@@ -270,9 +270,11 @@ TEST_CASE("a failing op makes error values, not dead workers", "[tensor][errors]
   REQUIRE(controller().lost_workers().empty());
 }
 
+namespace {
 // An index tensor that is out of range for a {4, 5} input on the workers
 // where `where` (a 0-d int64 tensor per worker) is non-zero.
 Tensor bad_index_where(const Tensor& where) { return call_op("aten::mul", "Scalar", {where, int64_t{100}})[0].view({1}); }
+}  // namespace
 
 TEST_CASE("an error raised by a fetch is not raised again by sync", "[tensor][errors][once]") {
   DeviceMesh m = mesh();
@@ -282,8 +284,8 @@ TEST_CASE("an error raised by a fetch is not raised again by sync", "[tensor][er
   Tensor bad = a.index_select(0, from_local(m, at::tensor({9}, at::kLong)));
   Tensor after = relu(bad * 2.0).sum();
   REQUIRE_THROWS_WITH(after.fetch({1, 0}).get(30000ms), Catch::Contains("aten::index_select failed on worker 2"));
-  m.sync(30000ms);               // delivered: every rank's report of it
-  controller().sync(30000ms);    // the same for the whole controller
+  m.sync(30000ms);             // delivered: every rank's report of it
+  controller().sync(30000ms);  // the same for the whole controller
   // Fetching it again still throws (the value is an error value for good).
   REQUIRE_THROWS_AS(bad.fetch({0, 1}).get(30000ms), RemoteError);
   m.sync(30000ms);
