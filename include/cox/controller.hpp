@@ -178,8 +178,15 @@ class COX_API Controller {
 
   // Returns once every worker has processed everything sent to it before
   // this call. Throws cox::WorkerLost if a worker is gone, the first
-  // cox::RemoteError reported since the last sync, or cox::Timeout (naming
-  // the ranks not done) when `timeout` passes first.
+  // cox::RemoteError reported since the last sync and not yet delivered, or
+  // cox::Timeout (naming the ranks not done) when `timeout` passes first.
+  // An error is raised once: a failing op is reported by every worker that
+  // ran it, and fetching any shard of an error value it made (its output, or
+  // anything computed from it) raises it and counts as delivered for all of
+  // those workers, so sync does not raise it again; a failure nobody fetched
+  // (and one with no output to fetch: an in-place op, backward, a barrier)
+  // is raised here, one per sync call (the others reported since the last
+  // sync are dropped with it).
   void sync(std::optional<std::chrono::milliseconds> timeout = std::nullopt);
 
   // Round trip to one worker (sent, executed in order, answered); returns its

@@ -14,6 +14,8 @@
 // mesh run on its workers only, in the order the controller issued them. A
 // failing op does not kill its workers: its outputs become error values, ops
 // that read them become errors too, and fetching one throws cox::RemoteError.
+// Each failure is also reported to the controller, and the next sync raises
+// it unless a fetch already has (see DeviceMesh::sync).
 #pragma once
 
 #include <cox/controller.hpp>
@@ -55,8 +57,27 @@ class COX_API DeviceMesh {
                    const std::vector<int64_t>& sizes) const;
   DeviceMesh rename(std::string_view from, std::string_view to) const;
   DeviceMesh flatten(std::string_view name) const;
+  // The same workers with dims reordered (Shape::transpose, Shape::permute):
+  // ops and collectives work on the result as on any mesh; a collective's
+  // members are ordered row-major over its dims as listed, whatever the
+  // order of the mesh's dims.
+  DeviceMesh transpose(std::string_view a, std::string_view b) const;
+  DeviceMesh permute(const std::vector<std::string>& order) const;
+
+  // The groups a collective over `dims` of this mesh forms (every dim when
+  // empty): the global ranks of each group, members in group order (row-major
+  // over `dims` as listed: member i keeps block i of a reduce_scatter, root 0
+  // of a broadcast is members[0]), groups in row-major order of the other
+  // dims. The collectives use exactly these; asking sets nothing up.
+  // InvalidArgument for an unknown or repeated dim.
+  std::vector<std::vector<int64_t>> groups(const std::vector<std::string>& dims = {}) const;
 
   // Waits until every worker of this mesh has run everything issued so far.
+  // Throws as Controller::sync does: the first RemoteError reported since
+  // the last sync that no fetch has raised yet. Fetching a shard of a failed
+  // op's error value (or of anything computed from it) delivers that op's
+  // error for every worker that ran it; a different failing op still
+  // surfaces here.
   void sync(std::optional<std::chrono::milliseconds> timeout = std::nullopt) const;
 
   // Seeds the random generators of this mesh's workers: the same values on
@@ -216,6 +237,13 @@ COX_API Tensor randn(const DeviceMesh& mesh, std::vector<int64_t> sizes, TensorO
 COX_API Tensor arange(const DeviceMesh& mesh, int64_t end, TensorOptions o = {});
 // Each worker's index along `dim` of the mesh, as a 0-d int64 tensor.
 COX_API Tensor coordinate(const DeviceMesh& mesh, std::string_view dim);
+// Each worker's global rank (its index among the controller's workers), as a
+// 0-d int64 tensor.
+COX_API Tensor global_rank(const DeviceMesh& mesh);
+// Each worker's rank within the mesh (its position in row-major order of the
+// mesh's coordinates, 0..mesh.size()-1: Shape::local_index), as a 0-d int64
+// tensor. On a sub-mesh or a permuted mesh it differs from global_rank.
+COX_API Tensor mesh_rank(const DeviceMesh& mesh);
 // A controller tensor copied to every worker of the mesh. Up to 1 MiB per
 // worker is copied into the send queue and this returns at once; a larger
 // value is streamed from its own memory and this returns once it is written

@@ -18,6 +18,7 @@
 
 #include <cox/controller.hpp>
 
+#include "controller/reported_errors.hpp"
 #include "controller/runtime.hpp"
 #include "transport/channel.hpp"
 #include "wire/messages.hpp"
@@ -158,7 +159,13 @@ class Controller::Impl final : public runtime::Runtime {
   // Whether a RemoteError is held for the next sync (for tests).
   bool has_remote_error() const {
     std::lock_guard<std::mutex> lk(mu_);
-    return first_error_ != nullptr;
+    return errors_.any();
+  }
+  // A fetch raised the failure of error value `value` (wire::Failed::value):
+  // sync does not raise its reports again (reported_errors.hpp).
+  void error_delivered(uint64_t value) noexcept override {
+    std::lock_guard<std::mutex> lk(mu_);
+    errors_.delivered(value);
   }
 
  private:
@@ -242,7 +249,7 @@ class Controller::Impl final : public runtime::Runtime {
   int connected_ = 0;
   bool shutting_down_ = false;
   bool shut_down_ = false;
-  std::exception_ptr first_error_;  // first RemoteError since the last sync
+  ReportedErrors errors_;  // RemoteErrors reported since the last sync, not yet delivered
   std::unordered_map<uint64_t, Reply> replies_;
   std::unordered_map<uint64_t, int> forgotten_;  // requests whose reply nobody will read -> rank
   std::vector<std::pair<std::string, std::shared_ptr<runtime::Service>>> services_;

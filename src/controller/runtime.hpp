@@ -83,6 +83,10 @@ class Runtime {
   // Waits until every worker in `ranks` has processed everything sent to
   // it; throws the first unobserved RemoteError since the last sync.
   virtual void sync_ranks(const std::vector<int>& ranks, std::optional<Millis> timeout) = 0;
+  // A RemoteError for the failure that made error value `value`
+  // (wire::Failed::value) reached the user: sync does not raise its
+  // reports again.
+  virtual void error_delivered(uint64_t value) noexcept = 0;
 
   // --- requests and their replies ---
   virtual uint64_t new_request_id() = 0;

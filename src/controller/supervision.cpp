@@ -46,7 +46,7 @@ struct Controller::Impl::Inbound {
   }
   void on(const wire::Error& m) {
     std::lock_guard<std::mutex> lk(impl.mu_);
-    if (!impl.first_error_) impl.first_error_ = std::make_exception_ptr(RemoteError(w.rank, m.op, m.message));
+    impl.errors_.add(m.value, std::make_exception_ptr(RemoteError(w.rank, m.op, m.message)));
     w.wake = true;
   }
   void on(const wire::Log& m) {

@@ -29,11 +29,7 @@ std::optional<Controller::Impl::Clock::time_point> deadline_of(std::optional<mil
 }  // namespace
 
 void Controller::Impl::rethrow_first_error(std::unique_lock<std::mutex>&) {
-  if (first_error_) {
-    auto e = first_error_;
-    first_error_ = nullptr;
-    std::rethrow_exception(e);
-  }
+  if (auto e = errors_.take()) std::rethrow_exception(e);
 }
 
 void Controller::Impl::wake(std::vector<std::shared_ptr<transport::Channel>>& channels) {

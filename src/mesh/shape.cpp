@@ -24,6 +24,27 @@ void check_distinct(std::string_view op, const std::vector<std::string>& names) 
   }
 }
 
+// a * b and a + b, or false where the result does not fit in int64.
+bool mul_fits(int64_t a, int64_t b, int64_t* out) { return !__builtin_mul_overflow(a, b, out); }
+bool add_fits(int64_t a, int64_t b, int64_t* out) { return !__builtin_add_overflow(a, b, out); }
+
+// "a=4, b=8": the dims named in an overflow error.
+std::string dims_string(const std::vector<std::string>& names, const std::vector<int64_t>& sizes) {
+  std::string s;
+  for (size_t i = 0; i < names.size(); ++i) s += fmt::format("{}{}={}", i ? ", " : "", names[i], sizes[i]);
+  return s;
+}
+
+// The sizes' product, which must fit in int64 (a mesh of more ranks than
+// that has no rank numbers).
+void check_product(std::string_view op, const std::vector<std::string>& names, const std::vector<int64_t>& sizes) {
+  int64_t n = 1;
+  for (int64_t s : sizes) {
+    COX_CHECK_ARG(mul_fits(n, s, &n), "{}: dims {{{}}} have more than 2^63-1 ranks in all (the product of the sizes "
+                  "overflows int64)", op, dims_string(names, sizes));
+  }
+}
+
 // Appends the ranks base + sum(c[i] * strides[i]) in row-major order of c.
 void append_ranks(int64_t base, const int64_t* sizes, const int64_t* strides, size_t n,
                   std::vector<int64_t>& out) {
@@ -50,6 +71,7 @@ Shape::Shape(const std::vector<std::pair<std::string, int64_t>>& dims) {
     sizes_.push_back(size);
   }
   check_distinct("Shape", names_);
+  check_product("Shape", names_, sizes_);
   strides_.assign(sizes_.size(), 1);
   for (size_t i = sizes_.size(); i-- > 1;) {
     strides_[i - 1] = strides_[i] * sizes_[i];
@@ -69,6 +91,7 @@ Shape::Shape(std::vector<std::string> names, std::vector<int64_t> sizes, std::ve
     COX_CHECK_ARG(strides_[i] > 0, "Shape: dimension '{}' has non-positive stride {}", names_[i],
                   strides_[i]);
   }
+  check_product("Shape", names_, sizes_);
   // Distinct coordinates must give distinct ranks. We require the strides to
   // nest (each, in decreasing order, exceeds the reach of all smaller ones),
   // which every view derived from a dense mesh satisfies and which makes
@@ -84,8 +107,14 @@ Shape::Shape(std::vector<std::string> names, std::vector<int64_t> sizes, std::ve
                   "Shape: strides [{}] with sizes [{}] overlap: dimension '{}' (stride {}) "
                   "revisits ranks of smaller strides",
                   fmt::join(strides_, ", "), fmt::join(sizes_, ", "), names_[i], strides_[i]);
-    reach += strides_[i] * (sizes_[i] - 1);
+    int64_t span = 0;
+    COX_CHECK_ARG(mul_fits(strides_[i], sizes_[i] - 1, &span) && add_fits(reach, span, &reach),
+                  "Shape: dimension '{}' (size {}, stride {}) reaches ranks past 2^63-1 in {{{}}}", names_[i],
+                  sizes_[i], strides_[i], dims_string(names_, sizes_));
   }
+  int64_t last = 0;
+  COX_CHECK_ARG(add_fits(offset_, reach, &last), "Shape: offset {} with strides [{}] and sizes [{}] reaches ranks "
+                "past 2^63-1", offset_, fmt::join(strides_, ", "), fmt::join(sizes_, ", "));
 }
 
 int64_t Shape::size() const noexcept {
@@ -208,8 +237,11 @@ Shape Shape::slice(std::string_view dim, int64_t begin, int64_t end, int64_t ste
                 end, dim, sizes_[d], begin, to_string());
   Shape out = *this;
   out.offset_ += begin * strides_[d];
-  out.sizes_[d] = (end - begin + step - 1) / step;
-  out.strides_[d] = strides_[d] * step;
+  // (end - begin + step - 1) / step would overflow for a step near 2^63.
+  out.sizes_[d] = (end - begin - 1) / step + 1;
+  // A dim of one element reaches nothing: its stride may stay as it was
+  // where stride * step does not fit (for more elements it always fits).
+  if (!mul_fits(strides_[d], step, &out.strides_[d])) out.strides_[d] = strides_[d];
   return out;
 }
 
@@ -252,7 +284,9 @@ Shape Shape::split(std::string_view dim, const std::vector<std::string>& names,
     } else {
       COX_CHECK_ARG(sizes[i] > 0, "split: size {} for '{}' must be positive (or -1 to infer)", sizes[i],
                     names[i]);
-      known *= sizes[i];
+      COX_CHECK_ARG(mul_fits(known, sizes[i], &known),
+                    "split: sizes [{}] for [{}] multiply past 2^63-1, not to the size {} of '{}'",
+                    fmt::join(sizes, ", "), fmt::join(names, ", "), sizes_[d], dim);
     }
   }
   std::vector<int64_t> resolved = sizes;

@@ -582,6 +582,9 @@ PYBIND11_MODULE(coxswain, m) {
       .def("split", &DeviceMesh::split, py::arg("dim"), py::arg("names"), py::arg("sizes"))
       .def("rename", &DeviceMesh::rename, py::arg("old"), py::arg("new"))
       .def("flatten", &DeviceMesh::flatten, py::arg("name"))
+      .def("transpose", &DeviceMesh::transpose, py::arg("a"), py::arg("b"))
+      .def("permute", &DeviceMesh::permute, py::arg("order"))
+      .def("groups", &DeviceMesh::groups, py::arg("dims") = std::vector<std::string>{})
       .def(
           "sync",
           [](const DeviceMesh& d, std::optional<double> timeout) {
@@ -719,6 +722,8 @@ PYBIND11_MODULE(coxswain, m) {
         },
         py::arg("mesh"), py::arg("end"), py::arg("dtype") = py::none());
   m.def("coordinate", &coordinate, py::arg("mesh"), py::arg("dim"), py::call_guard<py::gil_scoped_release>());
+  m.def("global_rank", &global_rank, py::arg("mesh"), py::call_guard<py::gil_scoped_release>());
+  m.def("mesh_rank", &mesh_rank, py::arg("mesh"), py::call_guard<py::gil_scoped_release>());
   m.def("from_local", [](const DeviceMesh& mesh, const py::object& t, bool requires_grad) {
           const at::Tensor value = from_torch(t);
           py::gil_scoped_release release;

@@ -165,6 +165,14 @@ Tensor Engine::transfer(const Tensor& t, const DeviceMesh& dst, const std::vecto
 // ---------------------------------------------------------------------------
 // The public functions
 
+// The groups the collectives form (tensor::group_members, which the
+// communicator registry uses too), asked without setting anything up.
+std::vector<std::vector<int64_t>> DeviceMesh::groups(const std::vector<std::string>& dims) const {
+  std::vector<std::vector<int64_t>> out;
+  for (const auto& g : tensor::group_members(shape(), dims)) out.emplace_back(g.begin(), g.end());
+  return out;
+}
+
 using detail::Access;
 
 namespace {

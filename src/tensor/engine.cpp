@@ -40,7 +40,10 @@ const Meta& TensorImpl::meta() {
   COX_INTERNAL_ASSERT(pending != nullptr, "tensor {} has neither metadata nor a pending report", id);
   Access::engine(mesh)->resolve(*pending);
   std::lock_guard<std::mutex> lk(pending->mu);
-  if (!pending->error.empty()) throw RemoteError(pending->rank, pending->error_op, pending->error);
+  if (!pending->error.empty()) {
+    Access::engine(mesh)->error_delivered(pending->error_value);  // raised here: not again by sync
+    throw RemoteError(pending->rank, pending->error_op, pending->error);
+  }
   if (pending_index >= pending->metas.size()) {
     throw ProtocolError(fmt::format("worker {} reported the metadata of {} outputs; output {} has none", pending->rank,
                                     pending->metas.size(), pending_index));
@@ -209,6 +212,7 @@ void Engine::resolve(PendingMeta& p) {
   if (auto* f = std::get_if<wire::Failed>(&reply)) {
     p.error_op = f->op;
     p.error = f->message;
+    p.error_value = f->value;
     return;
   }
   auto* m = std::get_if<wire::MetaReply>(&reply);
@@ -341,6 +345,7 @@ at::Tensor Engine::wait_fetch(int rank, uint64_t request, std::optional<std::chr
   runtime::Runtime& rt = this->rt();
   runtime::Runtime::Reply reply = rt.wait_reply(rank, request, timeout);
   if (auto* f = std::get_if<wire::Failed>(&reply)) {
+    rt.error_delivered(f->value);  // raised here: not again by sync
     // A communication failure names the workers it needed: when one of
     // them is gone (or goes within a heartbeat timeout), that is the error.
     if (!f->peers.empty()) {

@@ -51,6 +51,11 @@ class Engine final : public runtime::Service, public std::enable_shared_from_thi
   at::Tensor wait_fetch(int rank, uint64_t request, std::optional<std::chrono::milliseconds> timeout);
   // The fetch's result will not be read: its reply is dropped.
   void forget_fetch(int rank, uint64_t request) noexcept { release_.forget(rank, request); }
+  // A RemoteError for error value `value` was raised to the user: sync
+  // does not raise it again.
+  void error_delivered(uint64_t value) noexcept {
+    if (auto* rt = rt_.load(std::memory_order_acquire)) rt->error_delivered(value);
+  }
   // Waits for a pending metadata report (outside every engine lock).
   void resolve(PendingMeta& p);
 

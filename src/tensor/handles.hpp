@@ -39,6 +39,7 @@ struct PendingMeta {
   bool resolved = false;
   std::vector<Meta> metas;
   std::string error_op, error;  // the op failed on the reporting worker
+  uint64_t error_value = 0;     // its error value (wire::Failed::value)
 };
 
 struct TensorImpl {

@@ -2,6 +2,7 @@
 #include "tensor/meta_cache.hpp"
 
 #include "common/check.hpp"
+#include "tensor/checks.hpp"
 
 #include <ATen/ATen.h>
 
@@ -16,7 +17,7 @@ CacheEntry learned_entry(const OpInfo& op) {
 
 CacheEntry infer(const OpInfo& op, torch::jit::Stack& stack, const std::function<std::string()>& describe) {
   try {
-    op.handle.callBoxed(stack);
+    call_meta_checked(op.handle, stack);  // the meta run, and what it misses (tensor/checks.cpp)
   } catch (const c10::NotImplementedError&) {
     // No meta kernel: the workers will tell.
     COX_CHECK_ARG(!op.returns_list, "{} has no meta kernel and returns a list of tensors, which is not supported",

@@ -107,6 +107,8 @@ DeviceMesh DeviceMesh::split(std::string_view dim, const std::vector<std::string
 }
 DeviceMesh DeviceMesh::rename(std::string_view from, std::string_view to) const { return with(shape().rename(from, to)); }
 DeviceMesh DeviceMesh::flatten(std::string_view name) const { return with(shape().flatten(name)); }
+DeviceMesh DeviceMesh::transpose(std::string_view a, std::string_view b) const { return with(shape().transpose(a, b)); }
+DeviceMesh DeviceMesh::permute(const std::vector<std::string>& order) const { return with(shape().permute(order)); }
 void DeviceMesh::sync(std::optional<std::chrono::milliseconds> timeout) const { engine_->sync(*this, timeout); }
 void DeviceMesh::manual_seed(uint64_t seed, bool per_rank) const { engine_->seed(*this, seed, per_rank); }
 void DeviceMesh::load_library(const std::string& path) const { engine_->load_library(*this, path); }
@@ -310,6 +312,21 @@ Tensor coordinate(const DeviceMesh& mesh, std::string_view dim) {
   const size_t d = mesh.shape().index_of(dim);
   std::vector<at::Tensor> values;
   for (int rank : info_of(mesh)->ranks) values.push_back(at::scalar_tensor(mesh.shape().coord_of(rank)[d], at::kLong));
+  return engine_of(mesh)->put(mesh, values, false);
+}
+
+Tensor global_rank(const DeviceMesh& mesh) {
+  std::vector<at::Tensor> values;
+  for (int rank : info_of(mesh)->ranks) values.push_back(at::scalar_tensor(static_cast<int64_t>(rank), at::kLong));
+  return engine_of(mesh)->put(mesh, values, false);
+}
+
+Tensor mesh_rank(const DeviceMesh& mesh) {
+  // info()->ranks lists the mesh's workers in row-major order of its
+  // coordinates: the position in it is the rank within the mesh.
+  std::vector<at::Tensor> values;
+  const auto n = static_cast<int64_t>(info_of(mesh)->ranks.size());
+  for (int64_t i = 0; i < n; ++i) values.push_back(at::scalar_tensor(i, at::kLong));
   return engine_of(mesh)->put(mesh, values, false);
 }
 

@@ -36,8 +36,8 @@ namespace cox::wire {
 constexpr uint32_t kMagic = 0x53584f43;  // "COXS"
 // 4: frames of an authenticated (TCP) session carry a 16-byte tag after
 // them; PeerLost; heartbeats carry the executor's progress; CommInit the
-// members' hosts.
-constexpr uint16_t kProtocolVersion = 4;
+// members' hosts. 5: Error and Failed name the error value of a failure.
+constexpr uint16_t kProtocolVersion = 5;
 constexpr size_t kFrameHeaderBytes = 4;
 // Frames before authentication are tiny; a peer that announces more is refused.
 constexpr size_t kMaxHandshakeFrame = 1024;
@@ -426,8 +426,12 @@ struct Error {  // an operation failed: which one and why
   uint64_t index = 0;  // position of the failed message in the worker's stream
   std::string op;
   std::string message;
+  // The error value the failure made: the id of the first tensor it was
+  // stored as (the same on every worker that ran the op), 0 for none. A
+  // fetch of a value carrying it answers Failed with the same id.
+  uint64_t value = 0;
   template <class S, class V>
-  static void visit(S& s, V& v) { v(s.index, "index"), v(s.op, "op"), v(s.message, "message"); }
+  static void visit(S& s, V& v) { v(s.index, "index"), v(s.op, "op"), v(s.message, "message"), v(s.value, "value"); }
 };
 struct Log {  // a line of output, from workers whose output is not piped
   Stream stream = Stream::kStdout;
@@ -485,8 +489,12 @@ struct Failed {  // a request failed
   // For a communication failure: the (global) ranks it depended on; the
   // controller reports WorkerLost when one of them is gone.
   std::vector<int32_t> peers;
+  // For an error value: the failure's own id (Error::value), 0 for none.
+  uint64_t value = 0;
   template <class S, class V>
-  static void visit(S& s, V& v) { v(s.request, "request"), v(s.op, "op"), v(s.message, "message"), v(s.peers, "peers"); }
+  static void visit(S& s, V& v) {
+    v(s.request, "request"), v(s.op, "op"), v(s.message, "message"), v(s.peers, "peers"), v(s.value, "value");
+  }
 };
 
 // --- the list ------------------------------------------------------------------------

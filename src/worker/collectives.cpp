@@ -392,10 +392,12 @@ std::optional<std::string> Tensors::collective(const wire::Collective& m) {
     if (upstream) return fail_output(upstream);
     for (size_t i = 0; i < statuses.size(); ++i) {
       if (statuses[i] == 0) continue;
-      return fail_output(std::make_shared<Failure>(
+      auto f = std::make_shared<Failure>(
           Failure{name, fmt::format("the input on worker {} (member {} of the group {}) is an error value; fetch it "
                                     "there for the cause",
-                                    c.ranks[i], i, shape_string(std::vector<int64_t>(c.ranks.begin(), c.ranks.end())))}));
+                                    c.ranks[i], i, shape_string(std::vector<int64_t>(c.ranks.begin(), c.ranks.end())))});
+      f->report = false;  // that worker reported the cause
+      return fail_output(std::move(f));
     }
   } catch (const CommError& e) {
     return fail_output(std::make_shared<Failure>(Failure{name, e.what(), c.ranks}));
@@ -614,8 +616,10 @@ std::optional<std::string> Tensors::transfer(const wire::Transfer& m) {
         }
         std::string text(h.bytes, '\0');
         c.comm->start_recv(text.data(), text.size(), m.recv_peer, m.tag * 2 + 1)->wait();
-        fail(m.out, std::make_shared<Failure>(
-                        Failure{"to_mesh", fmt::format("the shard sent by worker {} is an error value: {}", peer_rank, text)}));
+        auto f = std::make_shared<Failure>(
+            Failure{"to_mesh", fmt::format("the shard sent by worker {} is an error value: {}", peer_rank, text)});
+        f->report = false;  // the sender reported the cause
+        fail(m.out, std::move(f));
       } else {
         at::Tensor out = at::empty(m.sizes, at::TensorOptions().dtype(dtype).device(device_));
         if (h.bytes != static_cast<uint64_t>(out.nbytes())) {

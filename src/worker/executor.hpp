@@ -26,6 +26,7 @@ class Executor final : public StreamReader::ChunkSink {
     ++index_;
     progress_.type.store(static_cast<uint8_t>(f.type), std::memory_order_relaxed);
     progress_.started.store(index_, std::memory_order_release);
+    tensors_.set_stream_index(index_);
     wire::dispatch<wire::Dir::kToWorker>(f, *this);
     progress_.finished.store(index_, std::memory_order_release);
     return !shutdown_;

@@ -197,8 +197,27 @@ uint64_t Tensors::bounded_bytes(c10::IntArrayRef sizes, at::ScalarType dtype, co
 }
 
 std::shared_ptr<const Tensors::Failure> Tensors::undefined_failure() {
-  static const auto f = std::make_shared<const Failure>(Failure{"lookup", "an undefined tensor (an optional output that was not computed)"});
+  static const auto f = [] {
+    auto u = std::make_shared<Failure>(Failure{"lookup", "an undefined tensor (an optional output that was not computed)"});
+    u->report = false;
+    return std::shared_ptr<const Failure>(std::move(u));
+  }();
   return f;
+}
+
+void Tensors::fail(uint64_t id, std::shared_ptr<const Failure> f) {
+  if (f->report && f->origin == 0) {
+    // First stored: reported once, under the id every value carrying it
+    // names (on every worker that ran the op, the same id).
+    f->origin = id;
+    wire::Error e;
+    e.index = stream_index_;
+    e.op = f->op;
+    e.message = f->message;
+    e.value = id;
+    out_.send_now(e);
+  }
+  table_[id] = Slot{at::Tensor(), std::move(f), nullptr};
 }
 
 const Tensors::Slot& Tensors::slot(uint64_t id) const {
@@ -301,11 +320,15 @@ std::optional<std::string> Tensors::run_op(const wire::Op& m) {
   const bool report = m.reporter == rank_ && meta_request != 0;
 
   auto fail_all = [&](std::shared_ptr<const Failure> failure) -> std::optional<std::string> {
+    bool marked = false;
     for (size_t i = 0; i < ids.size(); ++i) {
-      if (ids[i]) fail(ids[i], failure);
+      if (ids[i]) fail(ids[i], failure), marked = true;
     }
     if (report) reply_error(meta_request, *failure);
-    if (ids.size() == 0) return failure->op + ": " + failure->message;
+    // Nothing to mark (no outputs, or only inputs written in place): the
+    // failure is reported on its own, unless it came with an input (already
+    // reported where it began).
+    if (!marked && failure != upstream) return failure->op + ": " + failure->message;
     return std::nullopt;
   };
   // Ops that read an error value do not run; their outputs carry the error.
@@ -375,6 +398,7 @@ wire::Failed Tensors::error_reply(uint64_t request, const Failure& f) {
   rep.op = f.op;
   rep.message = f.message;
   rep.peers = f.peers;
+  rep.value = f.origin;
   return rep;
 }
 

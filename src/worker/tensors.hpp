@@ -94,6 +94,9 @@ class Tensors {
   std::optional<std::string> transfer_gpu(const wire::Transfer& m);
 
   size_t live() const noexcept { return table_.size(); }
+  // The position of the message being run in the controller's stream (for
+  // the failures it reports).
+  void set_stream_index(uint64_t index) noexcept { stream_index_ = index; }
 
   // Any thread (the I/O thread too, while a collective blocks the
   // executor): worker `rank` was lost. Every communicator it belongs to is
@@ -112,6 +115,13 @@ class Tensors {
     // For a communication failure: the (global) ranks it depended on; the
     // controller reports WorkerLost when one of them is gone.
     std::vector<int32_t> peers;
+    // Set when first stored (fail()): the id it was stored as, its identity
+    // on the controller, which every value carrying it names when fetched.
+    mutable uint64_t origin = 0;
+    // Reported to the controller when first stored (wire::Error), unless it
+    // only restates a failure reported where it began (a peer's input that
+    // was an error value) or is no failure (an undefined optional output).
+    bool report = true;
   };
   struct Comm {
     std::unique_ptr<collectives::Communicator> comm;
@@ -165,7 +175,8 @@ class Tensors {
     table_[id] = Slot{std::move(t), nullptr, nullptr};
   }
   static std::shared_ptr<const Failure> undefined_failure();
-  void fail(uint64_t id, std::shared_ptr<const Failure> f) { table_[id] = Slot{at::Tensor(), std::move(f), nullptr}; }
+  // Stores an error value; a failure stored for the first time is reported.
+  void fail(uint64_t id, std::shared_ptr<const Failure> f);
   void watch(collectives::Communicator* comm, const std::vector<int32_t>& ranks);
   // Registers a communicator for peer_lost(); cancels it at once when one
   // of its members is already lost.
@@ -204,6 +215,7 @@ class Tensors {
   const int rank_;
   const at::Device device_;
   Outbox& out_;
+  uint64_t stream_index_ = 0;
   Hooks hooks_;
   std::unordered_map<uint64_t, Incoming> incoming_;
   std::vector<Op> ops_;

@@ -248,6 +248,93 @@ TEST_CASE("every collective and reduce kind matches a by-hand result", "[collect
   }
 }
 
+TEST_CASE("DeviceMesh::groups are the collectives' groups, on transposed and permuted meshes too", "[collectives][mesh]") {
+  const DeviceMesh ab = controller().mesh({{"a", 2}, {"b", 3}});
+  const std::vector<MeshCase> cases = {
+      {"{a=2, b=3}", ab},
+      {"{b=3, a=2} (transposed)", ab.transpose("a", "b")},
+      {"{z=3, x=1, y=2} (permuted)", flat().split("w", {"x", "y", "z"}, {1, 2, 3}).permute({"z", "x", "y"})},
+      {"{b=2, a=2} (ranks 2-5, transposed)", flat().slice("w", 2, 6).split("w", {"a", "b"}, {2, 2}).transpose("b", "a")},
+  };
+  for (const MeshCase& mc : cases) {
+    const Shape& s = mc.mesh.shape();
+    const auto ranks = s.ranks();
+    for (const Dims& dims : dim_choices(s)) {
+      INFO("mesh " << mc.name << ", dims [" << (dims.empty() ? std::string("all") : dims[0]) << (dims.size() > 1 ? ", ..." : "") << "]");
+      // Against brute force over coordinates (row-major indices -> ranks).
+      const auto groups = mc.mesh.groups(dims);
+      const auto by_hand = groups_by_hand(s, dims);
+      size_t covered = 0;
+      for (const auto& g : groups) {
+        std::vector<int64_t> lin;
+        for (int64_t r : g) lin.push_back(s.local_index(r));
+        for (int64_t i : lin) REQUIRE(by_hand[static_cast<size_t>(i)] == lin);
+        covered += g.size();
+      }
+      REQUIRE(covered == ranks.size());
+      // And the collectives use exactly these groups, in this order: each
+      // worker gathers its group's global ranks.
+      const Tensor mine = global_rank(mc.mesh).view({1});
+      const Tensor gathered = all_gather(mine, dims, 0);
+      const Tensor summed = all_reduce(mine, dims);
+      for (const auto& g : groups) {
+        const at::Tensor want = at::tensor(g, at::kLong);
+        for (int64_t r : g) {
+          INFO("worker " << r);
+          REQUIRE(at::equal(gathered.fetch(s.coord_of(r)).get(30000ms), want));
+          REQUIRE(summed.fetch(s.coord_of(r)).get(30000ms).item<int64_t>() == want.sum().item<int64_t>());
+        }
+      }
+    }
+    // Ops on the permuted mesh: coordinates and ranks agree with its shape.
+    const Tensor lin = mesh_rank(mc.mesh) * 10.0 + coordinate(mc.mesh, s.names()[0]);
+    for (int64_t r : ranks) {
+      const Coord c = s.coord_of(r);
+      REQUIRE(lin.fetch(c).get(30000ms).item<int64_t>() == s.local_index(r) * 10 + c[0]);
+    }
+    mc.mesh.sync(60000ms);
+  }
+}
+
+TEST_CASE("global_rank and mesh_rank, fetched per coordinate", "[collectives][mesh]") {
+  const DeviceMesh ab = controller().mesh({{"a", 2}, {"b", 3}});
+  for (const DeviceMesh& m : {ab, ab.transpose("a", "b"), ab.slice("b", 1, 3), ab.permute({"b", "a"}).slice("a", 1)}) {
+    const Shape& s = m.shape();
+    INFO("mesh " << s.to_string(true));
+    const Tensor global = global_rank(m), local = mesh_rank(m);
+    REQUIRE(global.dtype() == at::kLong);
+    REQUIRE(global.dim() == 0);
+    REQUIRE(local.dtype() == at::kLong);
+    REQUIRE(local.dim() == 0);
+    int64_t i = 0;
+    for (int64_t r : s.ranks()) {
+      const Coord c = s.coord_of(r);
+      REQUIRE(global.fetch(c).get(30000ms).item<int64_t>() == r);
+      REQUIRE(local.fetch(c).get(30000ms).item<int64_t>() == i);
+      REQUIRE(s.local_index(r) == i++);
+    }
+  }
+}
+
+TEST_CASE("mesh views and groups reject unknown and repeated dims", "[collectives][mesh][errors]") {
+  const DeviceMesh ab = controller().mesh({{"a", 2}, {"b", 3}});
+  auto message_of = [](auto f) -> std::string {
+    try {
+      f();
+    } catch (const InvalidArgument& e) {
+      return e.what();
+    }
+    return "no InvalidArgument";
+  };
+  CHECK_THAT(message_of([&] { ab.groups({"c"}); }), Catch::Contains("has no dim 'c'"));
+  CHECK_THAT(message_of([&] { ab.groups({"a", "a"}); }), Catch::Contains("'a' is listed twice"));
+  CHECK_THAT(message_of([&] { ab.transpose("a", "c"); }), Catch::Contains("unknown mesh dimension 'c'"));
+  CHECK_THAT(message_of([&] { ab.permute({"a"}); }), Catch::Contains("order [a]"));
+  CHECK(ab.groups({}) == std::vector<std::vector<int64_t>>{{0, 1, 2, 3, 4, 5}});
+  CHECK(ab.transpose("a", "b").groups({}) == std::vector<std::vector<int64_t>>{{0, 3, 1, 4, 2, 5}});
+  CHECK(ab.groups({"a"}) == std::vector<std::vector<int64_t>>{{0, 3}, {1, 4}, {2, 5}});
+}
+
 TEST_CASE("a non-contiguous input and in-place results keep their layout", "[collectives]") {
   DeviceMesh m = controller().mesh({{"a", 2}, {"b", 3}});
   Tensor x = remote_input(m, at::kFloat).t();  // a transposed view

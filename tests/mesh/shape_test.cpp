@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <limits>
 #include <map>
 #include <random>
 #include <set>
@@ -302,6 +303,41 @@ TEST_CASE("bad input is InvalidArgument naming the value", "[shape][errors]") {
   require_invalid([&] { s.slice("dp", 1).local_index(3); }, "rank 3 is not in");
   require_invalid([&] { s.groups({"tp", "tp"}); }, "duplicate dimension name 'tp'");
   require_invalid([&] { s.groups({"ep"}); }, "unknown mesh dimension 'ep'");
+}
+
+TEST_CASE("sizes whose product overflows int64 are refused, naming the dims", "[shape][errors]") {
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  require_invalid([] { Shape({{"a", int64_t{1} << 62}, {"b", 8}}); }, "{a=4611686018427387904, b=8}");
+  require_invalid([] { Shape({{"a", int64_t{1} << 62}, {"b", 8}}); }, "overflows int64");
+  require_invalid([] { Shape({{"a", 3}, {"b", int64_t{1} << 31}, {"c", int64_t{1} << 31}}); },
+                  "{a=3, b=2147483648, c=2147483648}");
+  require_invalid([=] { Shape({{"a", kMax}, {"b", 2}}); }, "b=2");
+  // A general view: the sizes, and the ranks the strides reach.
+  require_invalid([] { Shape({"a", "b"}, {int64_t{1} << 62, 8}, {8, 1}, 0); }, "a=4611686018427387904, b=8");
+  require_invalid([] { Shape({"a"}, {3}, {int64_t{1} << 62}, 0); }, "dimension 'a' (size 3, stride 4611686018427387904)");
+  require_invalid([=] { Shape({"a"}, {2}, {1}, kMax); }, "offset 9223372036854775807");
+  // Split sizes whose product overflows, with or without one to infer.
+  Shape s({{"dp", 2}, {"tp", 4}});
+  require_invalid([&] { s.split("tp", {"a", "b", "c"}, {int64_t{1} << 62, 8, -1}); }, "multiply past 2^63-1");
+  require_invalid([&] { s.split("tp", {"a", "b"}, {int64_t{1} << 32, int64_t{1} << 32}); },
+                  "sizes [4294967296, 4294967296] for [a, b]");
+
+  // 2^63 ranks is one too many; meshes that fit work, and their last rank is right.
+  require_invalid([] { Shape({{"a", int64_t{1} << 62}, {"b", 2}}); }, "{a=4611686018427387904, b=2}");
+  Shape fits({{"a", (int64_t{1} << 61) - 1}, {"b", 4}});
+  REQUIRE(fits.size() == ((int64_t{1} << 61) - 1) * 4);
+  REQUIRE(fits.rank_of(Coord{(int64_t{1} << 61) - 2, 3}) == fits.size() - 1);
+  REQUIRE(fits.coord_of(fits.size() - 1) == Coord{(int64_t{1} << 61) - 2, 3});
+  // A step near 2^63 keeps one element (no overflow in the size or stride).
+  Shape one = s.slice("tp", 1, 4, kMax);
+  REQUIRE(one.sizes() == std::vector<int64_t>{2, 1});
+  REQUIRE(one.ranks() == std::vector<int64_t>{1, 5});
+  REQUIRE(one.strides()[1] > 0);
+  Shape row = s.slice("dp", 0, 2, kMax);  // stride 4 * step does not fit
+  REQUIRE(row.sizes() == std::vector<int64_t>{1, 4});
+  REQUIRE(row.ranks() == std::vector<int64_t>{0, 1, 2, 3});
+  REQUIRE(row.strides()[0] > 0);
+  REQUIRE(row.flatten("f").ranks() == std::vector<int64_t>{0, 1, 2, 3});
 }
 
 // ---------------------------------------------------------------------------

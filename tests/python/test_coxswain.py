@@ -32,6 +32,18 @@ def test_mesh_algebra(ctl):
     assert mesh.slice("tp", 0, 2, 2).sizes == [2, 1]
 
 
+def test_mesh_views_groups_and_ranks(ctl):
+    mesh = ctl.mesh({"dp": 2, "tp": 2})
+    t = mesh.transpose("dp", "tp")
+    assert t.names == ["tp", "dp"] and t.ranks == [0, 2, 1, 3]
+    assert mesh.permute(["tp", "dp"]) == t
+    assert mesh.groups(["dp"]) == [[0, 2], [1, 3]] and t.groups() == [[0, 2, 1, 3]]
+    g, r = cx.global_rank(t), cx.mesh_rank(t)
+    assert g.fetch([1, 0]).item() == 1 and r.fetch([1, 0]).item() == 2
+    with pytest.raises(cx.InvalidArgument, match="no dim 'pp'"):
+        mesh.groups(["pp"])
+
+
 def test_ops_match_local_torch(ctl):
     mesh = ctl.mesh({"dp": 2, "tp": 2})
     torch.manual_seed(0)

@@ -127,6 +127,10 @@ class FakeRuntime final : public runtime::Runtime {
     for (int r : ranks) check_locked(r);
     ++syncs_;
   }
+  void error_delivered(uint64_t value) noexcept override {
+    std::lock_guard<std::mutex> lk(mu_);
+    delivered_.push_back(value);
+  }
   uint64_t new_request_id() override {
     std::lock_guard<std::mutex> lk(mu_);
     return ++next_request_;
@@ -176,6 +180,7 @@ class FakeRuntime final : public runtime::Runtime {
   uint64_t next_request_ = 0;
   int syncs_ = 0;
   std::vector<uint64_t> forgotten_;
+  std::vector<uint64_t> delivered_;
   std::vector<std::pair<uint64_t, std::vector<int>>> rendezvous_;
   std::map<std::string, std::shared_ptr<runtime::Service>> services_;
 };

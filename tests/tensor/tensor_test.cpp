@@ -270,6 +270,91 @@ TEST_CASE("a failing op makes error values, not dead workers", "[tensor][errors]
   REQUIRE(controller().lost_workers().empty());
 }
 
+namespace {
+// An index tensor that is out of range for a {4, 5} input on the workers
+// where `where` (a 0-d int64 tensor per worker) is non-zero.
+Tensor bad_index_where(const Tensor& where) { return call_op("aten::mul", "Scalar", {where, int64_t{100}})[0].view({1}); }
+}  // namespace
+
+TEST_CASE("an error raised by a fetch is not raised again by sync", "[tensor][errors][once]") {
+  DeviceMesh m = mesh();
+  m.sync();
+  Tensor a = from_local(m, at::ones({4, 5}));
+  // Fails on all four workers: four reports of one failure.
+  Tensor bad = a.index_select(0, from_local(m, at::tensor({9}, at::kLong)));
+  Tensor after = relu(bad * 2.0).sum();
+  REQUIRE_THROWS_WITH(after.fetch({1, 0}).get(30000ms), Catch::Contains("aten::index_select failed on worker 2"));
+  m.sync(30000ms);             // delivered: every rank's report of it
+  controller().sync(30000ms);  // the same for the whole controller
+  // Fetching it again still throws (the value is an error value for good).
+  REQUIRE_THROWS_AS(bad.fetch({0, 1}).get(30000ms), RemoteError);
+  m.sync(30000ms);
+}
+
+TEST_CASE("an error nobody fetched is raised by the next sync, once", "[tensor][errors][once]") {
+  DeviceMesh m = mesh();
+  m.sync();
+  Tensor a = from_local(m, at::ones({4, 5}));
+  Tensor bad = a.index_select(0, from_local(m, at::tensor({9}, at::kLong)));
+  try {
+    m.sync(30000ms);
+    FAIL("sync should have thrown");
+  } catch (const RemoteError& e) {
+    CHECK(e.op() == "aten::index_select");
+    CHECK_THAT(e.message(), Catch::Contains("index out of range"));
+  }
+  m.sync(30000ms);  // once
+  REQUIRE_THROWS_AS(bad.fetch({0, 0}).get(30000ms), RemoteError);
+  m.sync(30000ms);
+}
+
+TEST_CASE("a fetch delivers its own op's error; a different failing op still surfaces at sync",
+          "[tensor][errors][once]") {
+  DeviceMesh m = mesh();
+  m.sync();
+  Tensor a = from_local(m, at::ones({4, 5}));
+  // Two failing ops: an index out of range only on the workers where dp == 1
+  // (two reports), then negative probabilities everywhere (four).
+  Tensor first = a.index_select(0, bad_index_where(coordinate(m, "dp")));
+  Tensor probs = from_local(m, at::tensor({0.5, -1.0, 0.5}));
+  Tensor second = call_op("aten::multinomial", "", {probs, int64_t{1}})[0];
+  // One shard of the first, from one of its two failing workers.
+  REQUIRE_THROWS_WITH(first.fetch({{"dp", 1}, {"tp", 1}}).get(30000ms), Catch::Contains("aten::index_select"));
+  try {
+    m.sync(30000ms);
+    FAIL("sync should have raised the second failure");
+  } catch (const RemoteError& e) {
+    CHECK(e.op() == "aten::multinomial");
+  }
+  m.sync(30000ms);
+  // Where dp == 0 the first op succeeded.
+  REQUIRE(first.fetch({{"dp", 0}, {"tp", 1}}).get(30000ms).sizes() == c10::IntArrayRef({1, 5}));
+  m.sync(30000ms);
+}
+
+TEST_CASE("an op's error raised when its metadata was asked for is not raised again by sync",
+          "[tensor][errors][once]") {
+  // multinomial has no meta kernel: the reporting worker's answer is where
+  // the error shows first.
+  DeviceMesh m = mesh();
+  m.sync();
+  Tensor probs = from_local(m, at::tensor({0.5, -1.0, 0.5}));
+  Tensor sample = call_op("aten::multinomial", "", {probs, int64_t{2}})[0];
+  REQUIRE_THROWS_AS(sample.sizes(), RemoteError);
+  m.sync(30000ms);
+}
+
+TEST_CASE("a failing in-place op, which has no error value to fetch, is raised by sync", "[tensor][errors][once]") {
+  DeviceMesh m = mesh();
+  m.sync();
+  Tensor a = from_local(m, at::ones({4, 5}));
+  call_op("aten::index_fill_", "int_Scalar", {a, int64_t{0}, from_local(m, at::tensor({9}, at::kLong)), 2.0});
+  REQUIRE_THROWS_WITH(m.sync(30000ms), Catch::Contains("index_fill_"));
+  m.sync(30000ms);
+  // The tensor is unchanged, and usable.
+  require_same(a * 1.0, at::ones({4, 5}));
+}
+
 TEST_CASE("dropping the last handle frees the tensor on the workers", "[tensor][memory]") {
   DeviceMesh m = mesh();
   m.sync();
