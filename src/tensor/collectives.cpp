@@ -57,7 +57,7 @@ Tensor Engine::collective(const Tensor& t, const std::vector<std::string>& dims,
   std::shared_ptr<TensorImpl> result;
   if (out) {
     result = std::make_shared<TensorImpl>(t.mesh(), new_tensor_id());
-    result->known = *out;
+    result->set_known(*out);
     proto.out = result->id;
   }
   proto.in = in_impl->id;
@@ -114,7 +114,7 @@ Tensor Engine::transfer(const Tensor& t, const DeviceMesh& dst, const std::vecto
                 "send_recv: tensors of dtype {} cannot move between workers", c10::toString(in.dtype));
 
   auto out = std::make_shared<TensorImpl>(dst, new_tensor_id());
-  out->known = contiguous_meta(in.dtype, in.sizes);
+  out->set_known(contiguous_meta(in.dtype, in.sizes));
   std::vector<int> involved(src_ranks);
   involved.insert(involved.end(), dst_ranks.begin(), dst_ranks.end());
   rt().make_room(involved, "sending work");

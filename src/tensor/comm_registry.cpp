@@ -91,7 +91,7 @@ std::vector<uint64_t> CommRegistry::comms_for(runtime::Runtime& rt, const std::v
   // One split makes every missing group that shares no worker with another.
   while (!missing.empty()) {
     std::vector<wire::CommInit> inits(world.size());
-    std::vector<size_t> later;
+    std::vector<size_t> later, made;
     for (size_t i : missing) {
       if (groups[i] == world) {
         ids[i] = parent;
@@ -108,7 +108,7 @@ std::vector<uint64_t> CommRegistry::comms_for(runtime::Runtime& rt, const std::v
         inits[static_cast<size_t>(r)].comm = ids[i];
         inits[static_cast<size_t>(r)].ranks.assign(groups[i].begin(), groups[i].end());
       }
-      comms_.emplace(groups[i], ids[i]);
+      made.push_back(i);
     }
     if (std::any_of(inits.begin(), inits.end(), [](const wire::CommInit& m) { return m.comm != 0; })) {
       // Room on every worker first: the split reaches all of them or none.
@@ -123,6 +123,8 @@ std::vector<uint64_t> CommRegistry::comms_for(runtime::Runtime& rt, const std::v
       }
       rt.send(sends.data(), sends.size());
     }
+    // Known only once every worker was told (a failed send leaves none).
+    for (size_t i : made) comms_.emplace(groups[i], ids[i]);
     missing = std::move(later);
   }
   return ids;

@@ -36,29 +36,51 @@ TensorImpl::~TensorImpl() {
 }
 
 const Meta& TensorImpl::meta() {
-  if (known) return *known;
-  COX_INTERNAL_ASSERT(pending != nullptr, "tensor {} has neither metadata nor a pending report", id);
-  Access::engine(mesh)->resolve(*pending);
-  std::lock_guard<std::mutex> lk(pending->mu);
-  if (!pending->error.empty()) {
-    Access::engine(mesh)->error_delivered(pending->error_value);  // raised here: not again by sync
-    throw RemoteError(pending->rank, pending->error_op, pending->error);
+  if (const Meta* m = known()) return *m;
+  std::shared_ptr<PendingMeta> p;
+  uint32_t index;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (const Meta* m = known()) return *m;
+    p = pending_;
+    index = pending_index_;
   }
-  if (pending_index >= pending->metas.size()) {
-    throw ProtocolError(fmt::format("worker {} reported the metadata of {} outputs; output {} has none", pending->rank,
-                                    pending->metas.size(), pending_index));
+  COX_INTERNAL_ASSERT(p != nullptr, "tensor {} has neither metadata nor a pending report", id);
+  Access::engine(mesh)->resolve(*p);
+  Meta m;
+  {
+    std::lock_guard<std::mutex> lk(p->mu);
+    if (!p->error.empty()) {
+      Access::engine(mesh)->error_delivered(p->error_value);  // raised here: not again by sync
+      throw RemoteError(p->rank, p->error_op, p->error);
+    }
+    if (index >= p->metas.size()) {
+      throw ProtocolError(fmt::format("worker {} reported the metadata of {} outputs; output {} has none", p->rank,
+                                      p->metas.size(), index));
+    }
+    m = p->metas[index];
   }
-  known = pending->metas[pending_index];
-  pending.reset();
-  return *known;
+  std::lock_guard<std::mutex> lk(mu_);
+  if (!known()) {
+    known_ = std::move(m);
+    pending_.reset();
+    ready_.store(true, std::memory_order_release);
+  }
+  return *known_;
 }
 
 const Meta* TensorImpl::meta_or_error(std::shared_ptr<PendingMeta>& upstream) {
-  if (!known && pending) {
-    Access::engine(mesh)->resolve(*pending);
-    std::lock_guard<std::mutex> lk(pending->mu);
-    if (!pending->error.empty()) {
-      if (!upstream) upstream = pending;
+  if (const Meta* m = known()) return m;
+  std::shared_ptr<PendingMeta> p;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    p = pending_;
+  }
+  if (p) {
+    Access::engine(mesh)->resolve(*p);
+    std::lock_guard<std::mutex> lk(p->mu);
+    if (!p->error.empty()) {
+      if (!upstream) upstream = p;
       return nullptr;
     }
   }
@@ -140,32 +162,21 @@ std::vector<Tensor> Engine::call(const DeviceMesh& mesh, const OpInfo& op, const
     pending->rank = ranks.front();
     pending->cache_key = enc.key;
   }
-  bool requires_grad = grad_enabled_.load(std::memory_order_relaxed) && enc.any_requires_grad;
-  if (op.is_detach) requires_grad = false;
-  if (op.is_requires_grad_) {
-    const bool* flag = nargs > 1 ? std::get_if<bool>(&Access::value(args[1])) : nullptr;
-    requires_grad = flag ? *flag : true;
-  }
   Writer w(enc.frame);
   w.put(static_cast<uint32_t>(entry->outs.size()));  // wire::Op::outs
   uint32_t pending_index = 0;
   for (const OutSpec& o : entry->outs) {
     if (o.writes_arg >= 0) {
       w.put<uint64_t>(0);
-      const auto& t = std::get<std::shared_ptr<TensorImpl>>(Access::value(args[o.writes_arg]));
-      if (op.is_requires_grad_) t->requires_grad = requires_grad;
-      outs.push_back(handle(t));
+      outs.push_back(handle(std::get<std::shared_ptr<TensorImpl>>(Access::value(args[o.writes_arg]))));
       continue;
     }
     auto t = std::make_shared<TensorImpl>(mesh, new_tensor_id());
     w.put(t->id);
     if (pending) {
-      t->pending = pending;
-      t->pending_index = pending_index++;
-      t->requires_grad = requires_grad;
+      t->set_pending(pending, pending_index++);
     } else {
-      t->known = o.meta;
-      t->requires_grad = requires_grad && at::isFloatingType(o.meta.dtype);
+      t->set_known(o.meta);
     }
     outs.push_back(handle(std::move(t)));
   }
@@ -183,6 +194,23 @@ std::vector<Tensor> Engine::call(const DeviceMesh& mesh, const OpInfo& op, const
   c10::SmallVector<runtime::Runtime::Send, 16> sends;
   std::lock_guard<std::mutex> lk(order_mu_);
   runtime::Runtime& rt = this->rt();
+  // Autograd flags under the order lock, in step with the GradMode messages
+  // (set_grad_mode): outputs record history where the workers do.
+  bool requires_grad = grad_enabled_.load(std::memory_order_relaxed) && enc.any_requires_grad;
+  if (op.is_detach) requires_grad = false;
+  if (op.is_requires_grad_) {
+    const bool* flag = nargs > 1 ? std::get_if<bool>(&Access::value(args[1])) : nullptr;
+    requires_grad = flag ? *flag : true;
+  }
+  for (size_t i = 0; i < entry->outs.size(); ++i) {
+    const OutSpec& o = entry->outs[i];
+    TensorImpl& t = *Access::impl(outs[i]);
+    if (o.writes_arg >= 0) {
+      if (op.is_requires_grad_) t.requires_grad = requires_grad;
+    } else {
+      t.requires_grad = requires_grad && (pending || at::isFloatingType(o.meta.dtype));
+    }
+  }
   define(rt, op);
   frees.clear();
   ends.clear();
@@ -196,11 +224,31 @@ std::vector<Tensor> Engine::call(const DeviceMesh& mesh, const OpInfo& op, const
     sends.push_back({ranks[i], enc.frame.data(), enc.frame.size()});
     begin = ends[i];
   }
-  rt.send(sends.data(), sends.size());
+  try {
+    rt.send(sends.data(), sends.size());
+  } catch (const WorkerLost& e) {
+    // A worker lost since make_room: those after it in the batch still get
+    // the frees taken for them (the op is not sent: it fails here).
+    bool after = false;
+    for (size_t i = 0, b = 0; i < ranks.size(); b = ends[i], ++i) {
+      if (after && ends[i] > b) {
+        const runtime::Runtime::Send s{ranks[i], frees.data() + b, ends[i] - b};
+        try {
+          rt.send(&s, 1);
+        } catch (const WorkerLost&) {
+        }
+      }
+      after = after || ranks[i] == e.rank();
+    }
+    throw;
+  }
   return outs;
 }
 
 void Engine::resolve(PendingMeta& p) {
+  // One thread waits for the report (a reply is taken once); the others
+  // wait for that thread.
+  std::lock_guard<std::mutex> wait(p.wait_mu);
   {
     std::lock_guard<std::mutex> lk(p.mu);
     if (p.resolved) return;
@@ -245,7 +293,7 @@ std::vector<Tensor> Engine::call_remote(const DeviceMesh& mesh, const std::strin
     std::vector<Tensor> outs;
     for (size_t i = 0; i < metas.size(); ++i) {
       auto t = std::make_shared<TensorImpl>(mesh, c.out_base + i);
-      t->known = metas[i];
+      t->set_known(metas[i]);
       outs.push_back(handle(std::move(t)));
     }
     return outs;
@@ -297,7 +345,7 @@ Tensor Engine::put(const DeviceMesh& mesh, const std::vector<at::Tensor>& values
   COX_INTERNAL_ASSERT(values.size() == 1 || values.size() == ranks.size(), "{} values for {} ranks", values.size(),
                       ranks.size());
   auto t = std::make_shared<TensorImpl>(mesh, new_tensor_id());
-  t->known = Meta::of(values[0].contiguous());
+  t->set_known(Meta::of(values[0].contiguous()));
   t->requires_grad = requires_grad;
   // Streamed in chunks within the frame limit. A small value is copied into
   // the queue and this returns at once; a large one is sent from the
@@ -379,9 +427,10 @@ void Engine::backward(const Tensor& t, const Tensor& grad) {
 Tensor Engine::grad(const Tensor& t) {
   const auto& ranks = ranks_of(t.mesh());
   auto g = std::make_shared<TensorImpl>(t.mesh(), new_tensor_id());
-  g->known = Access::impl(t)->meta();
+  Meta m = Access::impl(t)->meta();
   // A gradient is contiguous whatever the strides of its tensor.
-  g->known->strides = Meta::of(at::empty(g->known->sizes, at::TensorOptions().device(at::kMeta))).strides;
+  m.strides = Meta::of(at::empty(m.sizes, at::TensorOptions().device(at::kMeta))).strides;
+  g->set_known(std::move(m));
   rt().make_room(ranks, "sending work");
   const auto frame = wire::encode_frame(wire::Grad{Access::impl(t)->id, g->id});
   std::lock_guard<std::mutex> lk(order_mu_);

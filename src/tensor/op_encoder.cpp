@@ -114,14 +114,16 @@ void encode_op(const DeviceMesh& mesh, const OpInfo& op, const Arg* args, size_t
   };
 
   for (size_t i = 0; i < op.nargs; ++i) {
+    if (i >= nargs) {
+      COX_CHECK_ARG(op.has_default[i], "{}: argument {} ('{}') is required", op.qualified, i,
+                    op.handle.schema().arguments()[i].name());
+    }
     if (op.device_arg[i]) {
       // Devices are the worker's own: it fills them in.
       e.tag(ArgTag::kDevice);
       continue;
     }
     if (i >= nargs) {
-      COX_CHECK_ARG(op.has_default[i], "{}: argument {} ('{}') is required", op.qualified, i,
-                    op.handle.schema().arguments()[i].name());
       encode_default(e, op, i);
       continue;
     }
@@ -193,7 +195,10 @@ torch::jit::Stack meta_stack(const OpInfo& op, const Arg* args, size_t nargs) {
 }
 
 std::string describe_args(const Arg* args, size_t n) {
-  auto tensor = [](const TensorRef& t) { return t && t->known ? t->known->to_string() : std::string("Tensor"); };
+  auto tensor = [](const TensorRef& t) {
+    const Meta* m = t ? t->known() : nullptr;
+    return m ? m->to_string() : std::string("Tensor");
+  };
   std::vector<std::string> parts;
   for (size_t i = 0; i < n; ++i) {
     parts.push_back(std::visit(

@@ -263,6 +263,35 @@ TEST_CASE("a thread waiting for a worker's report holds up no other thread", "[e
   REQUIRE(reader.get() == std::vector<int64_t>{3});
 }
 
+TEST_CASE("threads that need the same pending metadata wait for one report", "[engine]") {
+  FakeRuntime rt(2);
+  std::promise<void> asked, go;
+  std::shared_future<void> go_f = go.get_future().share();
+  std::atomic<int> answers{0};
+  rt.set_answer([&](int, uint64_t request) -> runtime::Runtime::Reply {
+    if (answers++ == 0) asked.set_value();
+    go_f.wait();
+    wire::MetaReply r;
+    r.request = request;
+    r.metas = {float_meta({3})};
+    return r;
+  });
+  DeviceMesh mesh = mesh_of(rt, {{"x", 2}});
+  Tensor y = no_meta(zeros(mesh, {3}));
+  auto first = std::async(std::launch::async, [&] { return y.sizes(); });
+  REQUIRE(asked.get_future().wait_for(60s) == std::future_status::ready);
+  // Two more readers while the first waits: one as a plain read, one
+  // through an op (the encoder).
+  auto second = std::async(std::launch::async, [&] { return y.sizes(); });
+  auto third = std::async(std::launch::async, [&] { return y.add(1.0).sizes(); });
+  go.set_value();
+  for (auto* f : {&first, &second, &third}) {
+    REQUIRE(f->wait_for(60s) == std::future_status::ready);
+    REQUIRE(f->get() == std::vector<int64_t>{3});
+  }
+  REQUIRE(answers == 1);
+}
+
 TEST_CASE("after the runtime shuts down, calls throw and handles die quietly", "[engine]") {
   FakeRuntime rt(2);
   DeviceMesh mesh = mesh_of(rt, {{"x", 2}});

@@ -9,6 +9,7 @@
 
 #include <condition_variable>
 #include <map>
+#include <set>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -135,11 +136,16 @@ class FakeRuntime final : public runtime::Runtime {
     std::lock_guard<std::mutex> lk(mu_);
     return ++next_request_;
   }
+  // A reply is taken once, as from the real runtime: a second wait for the
+  // same request is a bug in the caller.
   Reply wait_reply(int rank, uint64_t request, std::optional<runtime::Millis>) override {
     Answer answer;
     {
       std::lock_guard<std::mutex> lk(mu_);
       check_locked(rank);
+      if (!taken_.insert(request).second) {
+        throw InternalError("fake runtime: the reply to request " + std::to_string(request) + " was already taken");
+      }
       answer = answer_;
     }
     if (!answer) throw Timeout("fake runtime: no answer for request " + std::to_string(request));
@@ -181,6 +187,7 @@ class FakeRuntime final : public runtime::Runtime {
   int syncs_ = 0;
   std::vector<uint64_t> forgotten_;
   std::vector<uint64_t> delivered_;
+  std::set<uint64_t> taken_;
   std::vector<std::pair<uint64_t, std::vector<int>>> rendezvous_;
   std::map<std::string, std::shared_ptr<runtime::Service>> services_;
 };
