@@ -214,10 +214,7 @@ std::vector<Tensor> Engine::call(const DeviceMesh& mesh, const OpInfo& op, const
   define(rt, op);
   frees.clear();
   ends.clear();
-  for (int r : ranks) {
-    release_.take(r, frees);
-    ends.push_back(frees.size());
-  }
+  release_.take(ranks, frees, ends);
   size_t begin = 0;
   for (size_t i = 0; i < ranks.size(); ++i) {
     if (ends[i] > begin) sends.push_back({ranks[i], frees.data() + begin, ends[i] - begin});

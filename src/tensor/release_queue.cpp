@@ -24,6 +24,14 @@ void ReleaseQueue::take(int rank, std::vector<uint8_t>& out) {
   take_locked(rank, out);
 }
 
+void ReleaseQueue::take(const std::vector<int>& ranks, std::vector<uint8_t>& out, std::vector<size_t>& ends) {
+  std::lock_guard<std::mutex> lk(mu_);
+  for (int r : ranks) {
+    take_locked(r, out);
+    ends.push_back(out.size());
+  }
+}
+
 void ReleaseQueue::take_locked(int rank, std::vector<uint8_t>& out) {
   if (queues_.empty()) return;
   auto& q = queues_[static_cast<size_t>(rank)];

@@ -23,6 +23,9 @@ class ReleaseQueue {
   void forget(int rank, uint64_t request) noexcept;
   // Appends the Free frame of `rank`'s queue to `out` (nothing when empty).
   void take(int rank, std::vector<uint8_t>& out);
+  // The same for each of `ranks`, under one lock: ends[i] is the size of
+  // `out` after ranks[i]'s frame.
+  void take(const std::vector<int>& ranks, std::vector<uint8_t>& out, std::vector<size_t>& ends);
   // Sends every queue (or one rank's) now.
   void flush(int rank = -1) noexcept;
   // The runtime is going: nothing more is sent. Waits for a send in
